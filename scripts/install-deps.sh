@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages this project needs to build and test, if missing.
+# gcc/make/python3 build the addon and guest programs; binutils (as, objdump)
+# cross-checks our x86 encoder.
+set -euo pipefail
+need=(gcc g++ make python3 binutils)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,5 @@
+// Every `elisa` subcommand, in the order `elisa --help` lists them.
+import type { CliCommand } from '../command';
+
+export const commands: CliCommand[] = [
+];
