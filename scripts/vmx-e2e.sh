@@ -105,15 +105,15 @@ npm run -s build
 [ -f build/Release/elisa_kvm.node ] || die "build/Release/elisa_kvm.node missing: run npm ci (it builds the addon)"
 [ -f dist/test/vmx/run-in-host.js ] || die "dist/test/vmx/run-in-host.js missing after the build"
 
-# --- guest code for the KVM guests of the in-host suite (GNU as, host side) -----------
+# --- guest probes of the in-host suite: assembled here (the emulated host has no binutils)
 phase guests
 mkdir -p "$WORK/guest"
 shopt -s nullglob
 for src in "$ROOT"/test/vmx/guest/*.S; do
   b=$(basename "$src" .S)
-  gcc -c -nostdlib -o "$WORK/guest/$b.o" "$src" || die "assembling $src"
-  objcopy -O binary -j .text "$WORK/guest/$b.o" "$WORK/guest/$b.bin"
-  rm "$WORK/guest/$b.o"
+  # Same layout as every guest program (native/guest/linker.ld: entry at 1 MiB).
+  gcc -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-T,"$ROOT/native/guest/linker.ld" \
+    -Wl,--no-warn-rwx-segments -o "$WORK/guest/$b.elf" "$src" || die "assembling $src"
 done
 shopt -u nullglob
 

@@ -2,8 +2,11 @@
 // that the ELISA hardware backend stands on (CPU features, KVM, our addon).
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
+import { Kvm } from '../../src/kvm/index';
 import { native } from '../../src/kvm/native';
+import { GuestMachine } from '../../src/x86/index';
 import { bitSet, moduleLoaded, moduleParam, readMsr } from './inhost';
+import { hypercall, KVM_ENOSYS, vmfunc } from './probes';
 
 describe('emulated VT-x host, stock KVM', function () {
   it('is an Intel CPU with VMX (CPUID as seen by the kernel)', function () {
@@ -46,6 +49,29 @@ describe('emulated VT-x host, stock KVM', function () {
   });
 
   it('opens /dev/kvm through our addon: KVM_GET_API_VERSION = 12', function () {
-    expect(native.getApiVersion()).to.equal(12);
+    using kvm = Kvm.open();
+    expect(native.getApiVersion(kvm.fd)).to.equal(12);
+  });
+
+  it('reports VM functions with EPTP switching through KVM\'s feature-MSR interface (nested VMX)', function () {
+    // With nested=Y, KVM offers its guests the VMX capabilities the CPU has, VMFUNC
+    // EPTP switching included; reading them through our addon cross-checks the MSRs.
+    expect(moduleParam('kvm_intel', 'nested')).to.equal('Y');
+    using kvm = Kvm.open();
+    const list = kvm.msrFeatureIndexList();
+    expect(list).to.include.members([0x48b, 0x491]);
+    const [ctls2, vmfuncCtls] = kvm.getFeatureMsrs([0x48b, 0x491]);
+    expect(bitSet(ctls2!, 32 + 13), 'enable VM functions (bit 45 of 0x48B)').to.equal(true);
+    expect(bitSet(vmfuncCtls!, 0), 'EPTP switching (bit 0 of 0x491)').to.equal(true);
+  });
+
+  it('runs a long-mode KVM guest whose unknown hypercall 1001/3/1 returns -KVM_ENOSYS (-1000)', async function () {
+    using m = GuestMachine.create({ memory: '4M' });
+    expect(await hypercall(m, { nr: 1001, rbx: 3, rcx: 1 })).to.equal(KVM_ENOSYS);
+  });
+
+  it('injects #UD for a guest VMFUNC (stock KVM does not enable VM functions for its guests)', async function () {
+    using m = GuestMachine.create({ memory: '4M' });
+    expect(await vmfunc(m)).to.deep.equal({ kind: 'fault', mnemonic: '#UD', atVmfunc: true });
   });
 });
