@@ -77,7 +77,8 @@ static void format(struct sink *s, const char *fmt, va_list ap) {
             unsigned long long v;
             if (conv == 'p') { v = (uintptr_t)va_arg(ap, void *); alt = 1; }
             else v = longs >= 2 ? va_arg(ap, unsigned long long) : longs ? va_arg(ap, unsigned long) : va_arg(ap, unsigned);
-            if (conv != 'u' && alt) { text[len++] = '0'; text[len++] = 'x'; }
+            /* '#' prefixes 0x to non-zero values only (C11 7.21.6.1); %p always has it */
+            if (conv != 'u' && alt && (v != 0 || conv == 'p')) { text[len++] = '0'; text[len++] = conv == 'X' ? 'X' : 'x'; }
             len += format_unsigned(text + len, v, conv == 'u' ? 10 : 16, conv == 'X');
             break;
         }
