@@ -131,10 +131,10 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
 
   // The pointer the signal handler and copySyncRegs use; valid until close().
   kvm_run* Run() const { return run_; }
-  bool Busy() {
-    std::lock_guard<std::mutex> g(mu_);
-    return inFlight_;
-  }
+  // From JS's point of view a runAsync is in flight until its promise settles
+  // (pending_), even after the worker finished KVM_RUN: the result still
+  // describes kvm_run, so nothing may run or touch it before JS has seen it.
+  bool Busy() { return pending_; }
   void CheckOpen(Napi::Env env) const {
     if (closed_) ThrowType(env, "vCPU runner is closed");
   }
@@ -171,10 +171,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     Napi::Env env = info.Env();
     CheckOpen(env);
     double timeoutMs = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      if (inFlight_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
-    }
+    if (pending_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
     RunResult res = RunOnce(&syncTimer_, timeoutMs);
     run_->immediate_exit = 0;
     if (res.err) ThrowIoctlError(env, "KVM_RUN", res.err);
@@ -187,8 +184,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     Napi::Env env = info.Env();
     CheckOpen(env);
     double timeoutMs = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+    if (pending_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
     std::unique_lock<std::mutex> g(mu_);
-    if (inFlight_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
     if (!worker_.joinable()) worker_ = std::thread([this] { WorkerLoop(); });
     deferred_ = std::make_unique<Napi::Promise::Deferred>(env);
     inFlight_ = true;
@@ -197,6 +194,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     kickRequested_ = false;
     g.unlock();
     cv_.notify_all();
+    pending_ = true;
     Ref();  // keep this object alive until the result is delivered
     tsfn_.Ref(env);
     return deferred_->Promise();
@@ -228,6 +226,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
         std::unique_ptr<RunResult> owned(r);
         auto d = std::move(deferred_);
         lastCause_ = r->cause;
+        pending_ = false;
         tsfn_.Unref(env);
         Unref();
         if (!d) return;
@@ -294,6 +293,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   ThreadTimer syncTimer_;                               // JS thread only
   int32_t lastCause_ = kNone;                           // JS thread only
   bool closed_ = false;                                 // JS thread only
+  bool pending_ = false;                                // JS thread only: a runAsync promise is unsettled
 
   std::mutex mu_;  // guards everything below
   std::condition_variable cv_;

@@ -99,8 +99,9 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_REGS (or the pending KVM_CAP_SYNC_REGS copy if one is marked dirty). */
   getRegs(): Regs {
+    const fd = this.fd;
     if (this.sync.dirty & SyncRegs.REGS) return decodeRegs(this.#runView, KvmRun.sync_regs);
-    native.getRegs(this.fd, this.#struct(Sizeof.kvm_regs));
+    native.getRegs(fd, this.#struct(Sizeof.kvm_regs));
     return decodeRegs(this.#scratchView);
   }
 
@@ -121,8 +122,9 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_SREGS (or the pending synced copy). */
   getSregs(): Sregs {
+    const fd = this.fd;
     if (this.sync.dirty & SyncRegs.SREGS) return decodeSregs(this.#runView, KvmRun.sync_sregs);
-    native.getSregs(this.fd, this.#struct(Sizeof.kvm_sregs));
+    native.getSregs(fd, this.#struct(Sizeof.kvm_sregs));
     return decodeSregs(this.#scratchView);
   }
 
@@ -148,8 +150,9 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_VCPU_EVENTS (or the pending synced copy). */
   getVcpuEvents(): VcpuEvents {
+    const fd = this.fd;
     if (this.sync.dirty & SyncRegs.EVENTS) return decodeVcpuEvents(this.#runView, KvmRun.sync_events);
-    native.getVcpuEvents(this.fd, this.#struct(Sizeof.kvm_vcpu_events));
+    native.getVcpuEvents(fd, this.#struct(Sizeof.kvm_vcpu_events));
     return decodeVcpuEvents(this.#scratchView);
   }
 

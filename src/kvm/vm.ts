@@ -3,7 +3,7 @@
 // is reported as what it is (alignment, overlap, size) instead of a bare EINVAL.
 import { Cap, capName, checkCapArgument } from './cap';
 import { MemoryRegionFlag, PAGE_SIZE } from './constants';
-import { DisposedError } from './errors';
+import { DisposedError, KvmError } from './errors';
 import type { GuestMemory, MemoryUser } from './memory';
 import { native } from './native';
 import type { Kvm } from './system';
@@ -154,7 +154,12 @@ export class Vm implements Disposable, MemoryUser {
       throw new Error(`memory slot ${slot}: read-only slots need ${capName(Cap.READONLY_MEM)}, which this KVM lacks`);
     }
     const flags = (region.readonly ? MemoryRegionFlag.READONLY : 0) | (region.logDirtyPages ? MemoryRegionFlag.LOG_DIRTY_PAGES : 0);
-    native.setUserMemoryRegion(fd, slot, flags, gpa, BigInt(size), memory.buffer, BigInt(offset));
+    try {
+      native.setUserMemoryRegion(fd, slot, flags, gpa, BigInt(size), memory.buffer, BigInt(offset));
+    } catch (err) {
+      if (err instanceof KvmError) throw new KvmError(err.ioctl, err.errno, `slot ${slot}, gpa ${hex(gpa)}, size ${hex(size)}, flags ${flags}`);
+      throw err;
+    }
     const info: MemoryRegionInfo = { slot, guestPhysAddr: gpa, size, memory, offset,
       readonly: region.readonly ?? false, logDirtyPages: region.logDirtyPages ?? false };
     this.#slots.set(slot, info);
