@@ -20,6 +20,9 @@ import { buildIdentityMap, LARGE_PAGE_SIZE } from './paging';
 import { GuestPort, guestPortName } from './ports';
 import { guestProgramPath } from './programs';
 
+/** The most one buffered console write (GuestPort.consoleBuf) may carry. */
+export const MAX_CONSOLE_WRITE = 1 << 20;
+
 /** Default time limit of GuestMachine.run, in milliseconds. */
 export const DEFAULT_RUN_TIMEOUT_MS = 10_000;
 
@@ -100,13 +103,15 @@ export class GuestMachine implements Disposable {
   /** CR3 the vCPU runs with. */
   readonly cr3: bigint;
   readonly #ownsKvm: boolean;
+  readonly #identity: boolean;
   #program: GuestProgram | undefined;
   #state: 'idle' | 'ready' | 'running' | 'ended' = 'idle';
   #ended = '';
   #disposed = false;
 
-  private constructor(kvm: Kvm, ownsKvm: boolean, vm: Vm, vcpu: Vcpu, memory: GuestMemory, cr3: bigint) {
+  private constructor(kvm: Kvm, ownsKvm: boolean, vm: Vm, vcpu: Vcpu, memory: GuestMemory, cr3: bigint, identity: boolean) {
     this.kvm = kvm;
+    this.#identity = identity;
     this.#ownsKvm = ownsKvm;
     this.vm = vm;
     this.vcpu = vcpu;
@@ -136,7 +141,7 @@ export class GuestMachine implements Disposable {
         ? BigInt(buildIdentityMap(bytes, { bytes: Math.ceil(size / LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE }).cr3)
         : BigInt(tables.cr3);
       prepareLongModeVcpu(vcpu, { index: 0, vcpus: 1, cr3 });
-      return new GuestMachine(kvm, !options.kvm, vm, vcpu, memory, cr3);
+      return new GuestMachine(kvm, !options.kvm, vm, vcpu, memory, cr3, tables === 'identity');
     } catch (err) {
       for (const d of cleanup) d[Symbol.dispose]();
       throw err;
@@ -246,6 +251,15 @@ export class GuestMachine implements Disposable {
         };
         switch (exit.port) {
           case GuestPort.console: run.write(data); return undefined;
+          case GuestPort.consoleBuf: {
+            const desc = new DataView(this.#readVirtual(BigInt(u32()), 16, run).slice().buffer);
+            const len = desc.getBigUint64(8, true);
+            if (len > BigInt(MAX_CONSOLE_WRITE)) {
+              throw new GuestUnexpectedExit('io', `console write of ${len} bytes exceeds the ${MAX_CONSOLE_WRITE}-byte limit`, run.console);
+            }
+            run.write(this.#readVirtual(desc.getBigUint64(0, true), Number(len), run));
+            return undefined;
+          }
           case GuestPort.exit: return u32() | 0;
           case GuestPort.resultLo: run.resultLo = u32(); return undefined;
           case GuestPort.resultHi: run.result = (BigInt(u32()) << 32n) | BigInt(run.resultLo ?? 0); return undefined;
@@ -277,6 +291,34 @@ export class GuestMachine implements Disposable {
       default:
         throw new GuestUnexpectedExit(exit.kind, `${describeExit(exit)} (RIP ${hex(this.#registers().rip)})`, run.console);
     }
+  }
+
+  /**
+   * Copies `length` bytes at guest-virtual `address`: directly under the identity map,
+   * else page by page through KVM_TRANSLATE (the caller's page tables).
+   */
+  #readVirtual(address: bigint, length: number, run: RunState): Uint8Array {
+    const bytes = this.memory.bytes();
+    const out = new Uint8Array(length);
+    for (let done = 0; done < length;) {
+      const va = address + BigInt(done);
+      const chunk = Math.min(length - done, 0x1000 - Number(va & 0xfffn));
+      let pa = va;
+      if (!this.#identity) {
+        const t = this.vcpu.translate(va);
+        if (!t.valid) throw new GuestUnexpectedExit('io', `console buffer byte at ${hex(va)} is not mapped`, run.console);
+        pa = t.physicalAddress;
+      } else if (va < 0x1000n) {
+        throw new GuestUnexpectedExit('io', `console buffer byte at ${hex(va)} is in the unmapped null page`, run.console);
+      }
+      if (pa + BigInt(chunk) > BigInt(bytes.byteLength)) {
+        throw new GuestUnexpectedExit('io', `console buffer byte at ${hex(va)} (guest-physical ${hex(pa)}) is outside guest memory`, run.console);
+      }
+      // Safe: [pa, pa + chunk) was checked against the size of guest memory just above.
+      out.set(bytes.subarray(Number(pa), Number(pa) + chunk), done);
+      done += chunk;
+    }
+    return out;
   }
 
   #registers(): Regs {

@@ -43,12 +43,14 @@ describe('guest programs on KVM', function () {
   before(function () { requireKvm(this); });
 
   it('hello: prints through the console, returns 42 and a 64-bit result, all seen in Node', async function () {
+    // printf writes whole buffers (GuestPort.consoleBuf): a handful of exits, not one per byte
     using m = GuestMachine.create({ memory: '64M' });
     const g = m.loadElf(guestProgramPath('hello'));
     const r = await g.run({ timeoutMs: 5000 });
     expect(r.console).to.equal('Hello from a KVM guest! 2 + 3 = 5\n');
     expect(r.exitCode).to.equal(42);
     expect(r.result).to.equal(0x1122334455667788n);
+    expect(r.exits).to.equal(4); // console, result low, result high, exit
     expect(g.entry).to.equal(Number(nmAddress('hello', '_start')));
   });
 
@@ -138,6 +140,7 @@ describe('guest programs on KVM', function () {
     buildIdentityMap(m.bytes, { bytes: 16 << 20, tablesGpa: 0x80000, tablesEnd: 0x100000, nullGuard: false });
     const r = await m.loadElf(guestProgramPath('fault-pf')).run();
     expect(r.exitCode).to.equal(0);
+    expect(r.console).to.equal('writing to 0x123\n'); // buffered console read through KVM_TRANSLATE
     expect(new DataView(m.bytes.buffer).getBigUint64(0x123, true)).to.equal(0x5a5an);
   });
 
