@@ -8,6 +8,7 @@ import { ElfError } from '../../src/x86/elf';
 import { buildElf } from '../x86/elf-builder';
 import { GuestAssertionError, GuestFault, GuestShutdown, GuestTimeout, GuestUnexpectedExit } from '../../src/x86/errors';
 import { GuestMachine, runGuestProgram } from '../../src/x86/machine';
+import { IDT_GPA } from '../../src/x86/layout';
 import { buildIdentityMap } from '../../src/x86/paging';
 import { guestProgramPath, packageRoot } from '../../src/x86/programs';
 import { requireKvm } from '../support/kvm';
@@ -111,6 +112,19 @@ describe('guest programs on KVM', function () {
       expect(s.message).to.match(/triple fault/);
       expect(s.console).to.equal('loading an empty IDT, then ud2\n');
     });
+  });
+
+  it('a double fault is reported through its own IST stack (#UD and #NP gates made not present)', async function () {
+    using m = GuestMachine.create({ memory: '4M' });
+    // Clearing P in gates 6 and 11: #UD cannot be delivered → #NP; delivering that #NP
+    // hits the not-present gate 11 → a second contributory fault → #DF (SDM table 6-5).
+    for (const v of [6, 11]) m.bytes[IDT_GPA + 16 * v + 5]! &= 0x7f;
+    m.bytes.set([0x0f, 0x0b], 0x200000); // ud2
+    m.setEntry(0x200000);
+    const f = await expectRejection(m.run(), GuestFault);
+    expect(f.mnemonic).to.equal('#DF');
+    expect(f.vector).to.equal(8);
+    expect(f.errorCode).to.equal(0);
   });
 
   it('a failed GUEST_ASSERT reaches Node with file, line and message', async function () {
