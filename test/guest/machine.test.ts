@@ -66,6 +66,13 @@ describe('guest programs on KVM', function () {
     expect(r.exitCode).to.equal(0);
   });
 
+  it('blocking mode (KVM_RUN on the calling thread) gives the same run', async function () {
+    const r = await runGuestProgram('hello', { blocking: true });
+    expect([r.console, r.exitCode, r.result]).to.deep.equal(['Hello from a KVM guest! 2 + 3 = 5\n', 42, 0x1122334455667788n]);
+    const t = await runGuestProgram('spin', { blocking: true, timeoutMs: 200 }).then(() => undefined, (e: unknown) => e);
+    expect(t).to.be.instanceOf(GuestTimeout);
+  });
+
   it('streams console text to onConsole as it arrives', async function () {
     const pieces: string[] = [];
     const r = await runGuestProgram('hello', { onConsole: (t) => pieces.push(t) });
