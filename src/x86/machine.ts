@@ -80,6 +80,11 @@ export function prepareLongModeVcpu(vcpu: Vcpu, options: { index: number; vcpus:
 
 const hex = (v: number | bigint): string => `0x${v.toString(16)}`;
 
+/** The identity map covers all of memory, rounded up to whole 2 MiB pages. */
+function identityMapSize(memoryBytes: number): number {
+  return Math.ceil(memoryBytes / LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE;
+}
+
 /** A program loaded into a GuestMachine, ready to run. */
 export class GuestProgram {
   /** @internal Use GuestMachine.loadElf. */
@@ -144,7 +149,7 @@ export class GuestMachine implements Disposable {
       writeSystemStructures(bytes, 1);
       const tables = options.pageTables ?? 'identity';
       const cr3 = tables === 'identity'
-        ? BigInt(buildIdentityMap(bytes, { bytes: Math.ceil(size / LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE }).cr3)
+        ? BigInt(buildIdentityMap(bytes, { bytes: identityMapSize(size) }).cr3)
         : BigInt(tables.cr3);
       prepareLongModeVcpu(vcpu, { index: 0, vcpus: 1, cr3 });
       return new GuestMachine(kvm, !options.kvm, vm, vcpu, memory, cr3, tables === 'identity');
@@ -163,7 +168,8 @@ export class GuestMachine implements Disposable {
   /**
    * Loads a static ELF64 executable (a path or its bytes) and points the vCPU at its
    * entry with RSP = INITIAL_STACK_TOP. Segments may not touch [0, 1 MiB) (host
-   * structures) and must fit in memory. Loading again replaces the program.
+   * structures) and must fit in memory. Loading again replaces the program: the host
+   * structures (and identity tables) are written afresh, other memory keeps its contents.
    */
   loadElf(source: string | Uint8Array): GuestProgram {
     this.#check('load a program into');
@@ -176,10 +182,18 @@ export class GuestMachine implements Disposable {
       throw new ElfError(`cannot read ${what}: ${(err as Error).message}`);
     }
     const image = parseElf(file, what);
+    this.#writeHostStructures();
     loadSegments(file, image, this.memory.bytes(), [{ start: 0, end: GUEST_RESERVED_END, what: 'the host structures (GDT, IDT, page tables, stacks)' }]);
     this.setEntry(image.entry);
     this.#program = new GuestProgram(this, what, image.entry, image.symbols);
     return this.#program;
+  }
+
+  /** GDT, TSS, IDT, stubs and (unless the caller brought its own) the identity tables. */
+  #writeHostStructures(): void {
+    const bytes = this.memory.bytes();
+    writeSystemStructures(bytes, 1);
+    if (this.#identity) buildIdentityMap(bytes, { bytes: identityMapSize(this.memory.size) });
   }
 
   /**

@@ -134,6 +134,16 @@ describe('guest programs on KVM', function () {
     expect(f.errorCode).to.equal(0);
   });
 
+  it('a machine is reusable after a fault, a shutdown and a clobbered IDT: loadElf starts afresh', async function () {
+    using m = GuestMachine.create({ memory: '4M' });
+    await expectRejection(m.loadElf(guestProgramPath('triple-fault')).run(), GuestShutdown);
+    await expectRejection(m.loadElf(guestProgramPath('fault-ud')).run(), GuestFault);
+    m.bytes.fill(0, IDT_GPA, IDT_GPA + 4096);
+    const r = await m.loadElf(guestProgramPath('hello')).run();
+    expect([r.console, r.exitCode]).to.deep.equal(['Hello from a KVM guest! 2 + 3 = 5\n', 42]);
+    await expectRejection(m.loadElf(guestProgramPath('fault-pf')).run(), GuestFault).then((f) => expect(f.cr2).to.equal(0x123n));
+  });
+
   it('a failed GUEST_ASSERT reaches Node with file, line and message', async function () {
     const source = readFileSync(join(packageRoot(), 'native/guest/examples/assert-fail.c'), 'utf8');
     const line = source.split('\n').findIndex((l) => l.includes('GUEST_ASSERT(')) + 1;
