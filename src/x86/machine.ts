@@ -20,6 +20,9 @@ import { buildIdentityMap, LARGE_PAGE_SIZE } from './paging';
 import { GuestPort, guestPortName } from './ports';
 import { guestProgramPath } from './programs';
 
+/** The most one buffered console write (GuestPort.consoleBuf) may carry. */
+export const MAX_CONSOLE_WRITE = 1 << 20;
+
 /** Default time limit of GuestMachine.run, in milliseconds. */
 export const DEFAULT_RUN_TIMEOUT_MS = 10_000;
 
@@ -43,6 +46,12 @@ export interface GuestRunOptions {
   timeoutMs?: number;
   /** Called with each piece of console text as it arrives. */
   onConsole?: (text: string) => void;
+  /**
+   * Run KVM_RUN on the calling thread (Vcpu.run) instead of the vCPU's own thread
+   * (Vcpu.runAsync): less overhead per exit, but the event loop is blocked until the
+   * guest ends (the timeout still applies). Default false.
+   */
+  blocking?: boolean;
 }
 
 /** How a run that ended with exit() went. */
@@ -70,6 +79,11 @@ export function prepareLongModeVcpu(vcpu: Vcpu, options: { index: number; vcpus:
 }
 
 const hex = (v: number | bigint): string => `0x${v.toString(16)}`;
+
+/** The identity map covers all of memory, rounded up to whole 2 MiB pages. */
+function identityMapSize(memoryBytes: number): number {
+  return Math.ceil(memoryBytes / LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE;
+}
 
 /** A program loaded into a GuestMachine, ready to run. */
 export class GuestProgram {
@@ -100,13 +114,15 @@ export class GuestMachine implements Disposable {
   /** CR3 the vCPU runs with. */
   readonly cr3: bigint;
   readonly #ownsKvm: boolean;
+  readonly #identity: boolean;
   #program: GuestProgram | undefined;
   #state: 'idle' | 'ready' | 'running' | 'ended' = 'idle';
   #ended = '';
   #disposed = false;
 
-  private constructor(kvm: Kvm, ownsKvm: boolean, vm: Vm, vcpu: Vcpu, memory: GuestMemory, cr3: bigint) {
+  private constructor(kvm: Kvm, ownsKvm: boolean, vm: Vm, vcpu: Vcpu, memory: GuestMemory, cr3: bigint, identity: boolean) {
     this.kvm = kvm;
+    this.#identity = identity;
     this.#ownsKvm = ownsKvm;
     this.vm = vm;
     this.vcpu = vcpu;
@@ -133,10 +149,10 @@ export class GuestMachine implements Disposable {
       writeSystemStructures(bytes, 1);
       const tables = options.pageTables ?? 'identity';
       const cr3 = tables === 'identity'
-        ? BigInt(buildIdentityMap(bytes, { bytes: Math.ceil(size / LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE }).cr3)
+        ? BigInt(buildIdentityMap(bytes, { bytes: identityMapSize(size) }).cr3)
         : BigInt(tables.cr3);
       prepareLongModeVcpu(vcpu, { index: 0, vcpus: 1, cr3 });
-      return new GuestMachine(kvm, !options.kvm, vm, vcpu, memory, cr3);
+      return new GuestMachine(kvm, !options.kvm, vm, vcpu, memory, cr3, tables === 'identity');
     } catch (err) {
       for (const d of cleanup) d[Symbol.dispose]();
       throw err;
@@ -152,7 +168,8 @@ export class GuestMachine implements Disposable {
   /**
    * Loads a static ELF64 executable (a path or its bytes) and points the vCPU at its
    * entry with RSP = INITIAL_STACK_TOP. Segments may not touch [0, 1 MiB) (host
-   * structures) and must fit in memory. Loading again replaces the program.
+   * structures) and must fit in memory. Loading again replaces the program: the host
+   * structures (and identity tables) are written afresh, other memory keeps its contents.
    */
   loadElf(source: string | Uint8Array): GuestProgram {
     this.#check('load a program into');
@@ -165,10 +182,18 @@ export class GuestMachine implements Disposable {
       throw new ElfError(`cannot read ${what}: ${(err as Error).message}`);
     }
     const image = parseElf(file, what);
+    this.#writeHostStructures();
     loadSegments(file, image, this.memory.bytes(), [{ start: 0, end: GUEST_RESERVED_END, what: 'the host structures (GDT, IDT, page tables, stacks)' }]);
     this.setEntry(image.entry);
     this.#program = new GuestProgram(this, what, image.entry, image.symbols);
     return this.#program;
+  }
+
+  /** GDT, TSS, IDT, stubs and (unless the caller brought its own) the identity tables. */
+  #writeHostStructures(): void {
+    const bytes = this.memory.bytes();
+    writeSystemStructures(bytes, 1);
+    if (this.#identity) buildIdentityMap(bytes, { bytes: identityMapSize(this.memory.size) });
   }
 
   /**
@@ -211,7 +236,8 @@ export class GuestMachine implements Disposable {
       for (;;) {
         const remaining = timeoutMs - (performance.now() - start);
         if (remaining <= 0) throw new GuestTimeout(timeoutMs, this.#registers(), run.console);
-        const exit = await this.vcpu.runAsync({ timeoutMs: Math.max(1, Math.ceil(remaining)) });
+        const limit = { timeoutMs: Math.max(1, Math.ceil(remaining)) };
+        const exit = options.blocking ? this.vcpu.run(limit) : await this.vcpu.runAsync(limit);
         run.exits++;
         const code = this.#handle(exit, run, timeoutMs);
         if (code !== undefined) {
@@ -246,6 +272,15 @@ export class GuestMachine implements Disposable {
         };
         switch (exit.port) {
           case GuestPort.console: run.write(data); return undefined;
+          case GuestPort.consoleBuf: {
+            const desc = new DataView(this.#readVirtual(BigInt(u32()), 16, run).slice().buffer);
+            const len = desc.getBigUint64(8, true);
+            if (len > BigInt(MAX_CONSOLE_WRITE)) {
+              throw new GuestUnexpectedExit('io', `console write of ${len} bytes exceeds the ${MAX_CONSOLE_WRITE}-byte limit`, run.console);
+            }
+            run.write(this.#readVirtual(desc.getBigUint64(0, true), Number(len), run));
+            return undefined;
+          }
           case GuestPort.exit: return u32() | 0;
           case GuestPort.resultLo: run.resultLo = u32(); return undefined;
           case GuestPort.resultHi: run.result = (BigInt(u32()) << 32n) | BigInt(run.resultLo ?? 0); return undefined;
@@ -277,6 +312,34 @@ export class GuestMachine implements Disposable {
       default:
         throw new GuestUnexpectedExit(exit.kind, `${describeExit(exit)} (RIP ${hex(this.#registers().rip)})`, run.console);
     }
+  }
+
+  /**
+   * Copies `length` bytes at guest-virtual `address`: directly under the identity map,
+   * else page by page through KVM_TRANSLATE (the caller's page tables).
+   */
+  #readVirtual(address: bigint, length: number, run: RunState): Uint8Array {
+    const bytes = this.memory.bytes();
+    const out = new Uint8Array(length);
+    for (let done = 0; done < length;) {
+      const va = address + BigInt(done);
+      const chunk = Math.min(length - done, 0x1000 - Number(va & 0xfffn));
+      let pa = va;
+      if (!this.#identity) {
+        const t = this.vcpu.translate(va);
+        if (!t.valid) throw new GuestUnexpectedExit('io', `console buffer byte at ${hex(va)} is not mapped`, run.console);
+        pa = t.physicalAddress;
+      } else if (va < 0x1000n) {
+        throw new GuestUnexpectedExit('io', `console buffer byte at ${hex(va)} is in the unmapped null page`, run.console);
+      }
+      if (pa + BigInt(chunk) > BigInt(bytes.byteLength)) {
+        throw new GuestUnexpectedExit('io', `console buffer byte at ${hex(va)} (guest-physical ${hex(pa)}) is outside guest memory`, run.console);
+      }
+      // Safe: [pa, pa + chunk) was checked against the size of guest memory just above.
+      out.set(bytes.subarray(Number(pa), Number(pa) + chunk), done);
+      done += chunk;
+    }
+    return out;
   }
 
   #registers(): Regs {

@@ -8,6 +8,7 @@ import { ElfError } from '../../src/x86/elf';
 import { buildElf } from '../x86/elf-builder';
 import { GuestAssertionError, GuestFault, GuestShutdown, GuestTimeout, GuestUnexpectedExit } from '../../src/x86/errors';
 import { GuestMachine, runGuestProgram } from '../../src/x86/machine';
+import { IDT_GPA } from '../../src/x86/layout';
 import { buildIdentityMap } from '../../src/x86/paging';
 import { guestProgramPath, packageRoot } from '../../src/x86/programs';
 import { requireKvm } from '../support/kvm';
@@ -43,12 +44,14 @@ describe('guest programs on KVM', function () {
   before(function () { requireKvm(this); });
 
   it('hello: prints through the console, returns 42 and a 64-bit result, all seen in Node', async function () {
+    // printf writes whole buffers (GuestPort.consoleBuf): a handful of exits, not one per byte
     using m = GuestMachine.create({ memory: '64M' });
     const g = m.loadElf(guestProgramPath('hello'));
     const r = await g.run({ timeoutMs: 5000 });
     expect(r.console).to.equal('Hello from a KVM guest! 2 + 3 = 5\n');
     expect(r.exitCode).to.equal(42);
     expect(r.result).to.equal(0x1122334455667788n);
+    expect(r.exits).to.equal(4); // console, result low, result high, exit
     expect(g.entry).to.equal(Number(nmAddress('hello', '_start')));
   });
 
@@ -61,6 +64,13 @@ describe('guest programs on KVM', function () {
     expect(r.console).to.equal(`fib(90) = ${a}\n`);
     expect(r.result).to.equal(h);
     expect(r.exitCode).to.equal(0);
+  });
+
+  it('blocking mode (KVM_RUN on the calling thread) gives the same run', async function () {
+    const r = await runGuestProgram('hello', { blocking: true });
+    expect([r.console, r.exitCode, r.result]).to.deep.equal(['Hello from a KVM guest! 2 + 3 = 5\n', 42, 0x1122334455667788n]);
+    const t = await runGuestProgram('spin', { blocking: true, timeoutMs: 200 }).then(() => undefined, (e: unknown) => e);
+    expect(t).to.be.instanceOf(GuestTimeout);
   });
 
   it('streams console text to onConsole as it arrives', async function () {
@@ -111,6 +121,29 @@ describe('guest programs on KVM', function () {
     });
   });
 
+  it('a double fault is reported through its own IST stack (#UD and #NP gates made not present)', async function () {
+    using m = GuestMachine.create({ memory: '4M' });
+    // Clearing P in gates 6 and 11: #UD cannot be delivered → #NP; delivering that #NP
+    // hits the not-present gate 11 → a second contributory fault → #DF (SDM table 6-5).
+    for (const v of [6, 11]) m.bytes[IDT_GPA + 16 * v + 5]! &= 0x7f;
+    m.bytes.set([0x0f, 0x0b], 0x200000); // ud2
+    m.setEntry(0x200000);
+    const f = await expectRejection(m.run(), GuestFault);
+    expect(f.mnemonic).to.equal('#DF');
+    expect(f.vector).to.equal(8);
+    expect(f.errorCode).to.equal(0);
+  });
+
+  it('a machine is reusable after a fault, a shutdown and a clobbered IDT: loadElf starts afresh', async function () {
+    using m = GuestMachine.create({ memory: '4M' });
+    await expectRejection(m.loadElf(guestProgramPath('triple-fault')).run(), GuestShutdown);
+    await expectRejection(m.loadElf(guestProgramPath('fault-ud')).run(), GuestFault);
+    m.bytes.fill(0, IDT_GPA, IDT_GPA + 4096);
+    const r = await m.loadElf(guestProgramPath('hello')).run();
+    expect([r.console, r.exitCode]).to.deep.equal(['Hello from a KVM guest! 2 + 3 = 5\n', 42]);
+    await expectRejection(m.loadElf(guestProgramPath('fault-pf')).run(), GuestFault).then((f) => expect(f.cr2).to.equal(0x123n));
+  });
+
   it('a failed GUEST_ASSERT reaches Node with file, line and message', async function () {
     const source = readFileSync(join(packageRoot(), 'native/guest/examples/assert-fail.c'), 'utf8');
     const line = source.split('\n').findIndex((l) => l.includes('GUEST_ASSERT(')) + 1;
@@ -138,6 +171,7 @@ describe('guest programs on KVM', function () {
     buildIdentityMap(m.bytes, { bytes: 16 << 20, tablesGpa: 0x80000, tablesEnd: 0x100000, nullGuard: false });
     const r = await m.loadElf(guestProgramPath('fault-pf')).run();
     expect(r.exitCode).to.equal(0);
+    expect(r.console).to.equal('writing to 0x123\n'); // buffered console read through KVM_TRANSLATE
     expect(new DataView(m.bytes.buffer).getBigUint64(0x123, true)).to.equal(0x5a5an);
   });
 
