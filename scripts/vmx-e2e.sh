@@ -12,8 +12,10 @@
 #   ELISA_CACHE         cache root (default $HOME/.cache/elisa-node)
 #   ELISA_VMX_TIMEOUT   seconds the emulated host may run before Bochs is killed (default 720)
 #   ELISA_VMX_KEEP=1    keep the work directory (serial log, Bochs log) even on success
+#   ELISA_VMX_VARIANTS  ELISA KVM module variants to build and test (default "compat hardened")
 set -euo pipefail
 
+main() {
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/scripts/vmx
 KVER=6.1.0-56-amd64
@@ -52,7 +54,7 @@ hash_files() { sha256sum "$@" | sha256sum | cut -c1-16; }
 # --- deps: Debian packages (only what is missing) ----------------------------------
 phase deps
 PKGS=(bochs bochsbios vgabios seabios grub-pc-bin grub-common xorriso mtools busybox-static
-      e2fsprogs cpio kmod binutils)
+      e2fsprogs cpio kmod binutils gcc make patch xz-utils)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -104,6 +106,25 @@ cd "$ROOT"
 npm run -s build
 [ -f build/Release/elisa_kvm.node ] || die "build/Release/elisa_kvm.node missing: run npm ci (it builds the addon)"
 [ -f dist/test/vmx/run-in-host.js ] || die "dist/test/vmx/run-in-host.js missing after the build"
+
+# --- ELISA KVM modules (scripts/kvm-module.sh), built once per patch/script content ---
+phase modules
+VARIANTS=${ELISA_VMX_VARIANTS-compat hardened}
+declare -A VARIANT_DIR=()
+for v in $VARIANTS; do
+  patch=$ROOT/kernel-patch/$v/6.1.patch
+  [ -f "$patch" ] && [ -f "$ROOT/scripts/kvm-module.sh" ] \
+    || die "no $v patch for 6.1 or no scripts/kvm-module.sh (set ELISA_VMX_VARIANTS to choose variants)"
+  d=$CACHE/modules-$v-$(hash_files "$patch" "$ROOT/scripts/kvm-module.sh" "$deb")
+  if [ ! -f "$d/kvm-intel.ko" ]; then
+    log "building the $v modules for $KVER (scripts/kvm-module.sh; cached afterwards)"
+    rm -rf "$d.tmp"
+    bash "$ROOT/scripts/kvm-module.sh" build --variant "$v" --kernel "$KVER" --out "$d.tmp" >"$WORK/kvm-module-$v.log" 2>&1 \
+      || { tail -n 30 "$WORK/kvm-module-$v.log"; die "building the $v modules failed (log: $WORK/kvm-module-$v.log)"; }
+    rm -rf "$d" && mv "$d.tmp" "$d"
+  fi
+  VARIANT_DIR[$v]=$d
+done
 
 # --- guest probes of the in-host suite: assembled here (the emulated host has no binutils)
 phase guests
@@ -168,6 +189,10 @@ done
 for m in msr kvm-intel; do
   while read -r ko; do cp "$KMOD/$ko" "$R/elisa/modules/stock/"; done < <(mod_closure "$m")
 done
+for v in "${!VARIANT_DIR[@]}"; do
+  mkdir -p "$R/elisa/modules/$v"
+  cp "${VARIANT_DIR[$v]}/kvm.ko" "${VARIANT_DIR[$v]}/kvm-intel.ko" "$R/elisa/modules/$v/"
+done
 cp "$HERE/suite.sh" "$R/elisa/suite.sh"
 cp -r "$WORK/guest" "$R/elisa/guest"
 # The package as an installed copy: compiled JS, the addon, guest programs, and the
@@ -210,21 +235,42 @@ sed -e "s|@ISO@|$ISO|" -e "s|@DISK@|$WORK/disk.img|" -e "s|@SERIAL@|$SERIAL|" -e
 printf 'c\nquit\n' > "$WORK/bochs.rc"
 (cd "$WORK" && exec bochs -q -f "$WORK/bochsrc" -rc "$WORK/bochs.rc" </dev/null >"$WORK/bochs.out" 2>&1) &
 BOCHS_PID=$!
-t_boot=$(date +%s)
+t_boot=$(now)
+# Milestones of the boot, with the wall-clock time at which the host first saw them
+# (polling every second): where a slow or stuck boot spends its time.
+MILESTONES=("Booting \`ELISA|GRUB started the kernel" "^\[ *[0-9]+\.[0-9]+\]|kernel decompressed, printing"
+  "ELISA-VMX: INITRAMFS|initramfs /init runs" "ELISA-VMX: ROOT|test disk mounted"
+  "ELISA-VMX: KVM-READY|KVM modules loaded" "ELISA-VMX: MOCHA-LOADED|node started, mocha loaded"
+  "ELISA-VMX: DONE|in-host suite done")
+SEEN=()
+elapsed() { awk -v a="$t_boot" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }'; }
+note_milestones() {
+  local i pat
+  for i in "${!MILESTONES[@]}"; do
+    [ -z "${SEEN[$i]:-}" ] || continue
+    pat=${MILESTONES[$i]%%|*}
+    if grep -qE "$pat" "$SERIAL"; then SEEN[$i]=$(elapsed); log "  +${SEEN[$i]}s ${MILESTONES[$i]#*|}"; fi
+  done
+}
 verdict=exited
 while kill -0 "$BOCHS_PID" 2>/dev/null; do
-  sleep 2
+  sleep 1
+  note_milestones
   if grep -q 'ELISA-VMX: DONE' "$SERIAL"; then
     # Let suite.sh print its kernel-log excerpt and power off; kill Bochs if it lingers.
     for _ in $(seq 1 30); do kill -0 "$BOCHS_PID" 2>/dev/null || break; sleep 1; done
     verdict=done; break
   fi
-  if grep -qE 'ELISA-VMX: BOOT-FAIL|Kernel panic|Rebooting in' "$SERIAL"; then sleep 3; verdict=crashed; break; fi
-  if [ $(( $(date +%s) - t_boot )) -ge "$TIMEOUT" ]; then verdict=timeout; break; fi
-  grep -q 'ELISA-VMX: ' "$SERIAL" || [ $(( $(date +%s) - t_boot )) -lt 300 ] \
-    || { log "no marker on the serial console after 300 s: the boot is stuck"; verdict=stuck; break; }
+  if grep -qE 'ELISA-VMX: BOOT-FAIL|Kernel panic' "$SERIAL"; then sleep 3; verdict=crashed; break; fi
+  if [ "$(elapsed)" -ge "$TIMEOUT" ]; then verdict=timeout; break; fi
+  grep -q 'ELISA-VMX: ' "$SERIAL" || [ "$(elapsed)" -lt 400 ] \
+    || { log "no marker on the serial console after 400 s: the boot is stuck"; verdict=stuck; break; }
 done
-if kill -0 "$BOCHS_PID" 2>/dev/null; then kill "$BOCHS_PID" 2>/dev/null || true; wait "$BOCHS_PID" 2>/dev/null || true; fi
+if kill -0 "$BOCHS_PID" 2>/dev/null; then
+  kill "$BOCHS_PID" 2>/dev/null || true; wait "$BOCHS_PID" 2>/dev/null || true
+else
+  log "  +$(elapsed)s Bochs exited"
+fi
 BOCHS_PID=
 if grep -q 'ELISA-VMX: DONE' "$SERIAL"; then verdict=done; fi
 case $verdict in
@@ -252,3 +298,6 @@ else
   rm -rf "$WORK"
 fi
 exit "$status"
+}
+
+main "$@"

@@ -14,6 +14,8 @@ for ko in msr irqbypass kvm kvm-intel; do
     poweroff -f
   fi
 done
+# Per-VM KVM statistics (exit counts) live in debugfs.
+mount -t debugfs debugfs /sys/kernel/debug || say "NOTE debugfs not mounted"
 say "KVM-READY $(up)s"
 cd /elisa/pkg || { say "BOOT-FAIL no /elisa/pkg"; poweroff -f; }
 ELISA_VMX_INHOST=1 ELISA_VMX_ROOT=/elisa node dist/test/vmx/run-in-host.js

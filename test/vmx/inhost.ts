@@ -2,6 +2,7 @@
 // specific registers through the msr driver, and KVM module (un)loading.
 import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
+import { join } from 'node:path';
 
 /** Root of the test disk's ELISA files (modules, guest blobs), set by suite.sh. */
 export const vmxRoot = process.env.ELISA_VMX_ROOT ?? '/elisa';
@@ -44,4 +45,42 @@ export function moduleParam(module: string, param: string): string {
 export function kernelProblems(): string[] {
   const log = execFileSync('dmesg', { encoding: 'utf8' });
   return log.split('\n').filter((l) => /WARNING:|BUG:|Oops|general protection|Call Trace|kernel panic/i.test(l));
+}
+
+/** Runs a program of the emulated host; a failure carries its stderr. */
+function sh(file: string, args: string[]): void {
+  try {
+    execFileSync(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    const err = e as { stderr?: Buffer; message: string };
+    throw new Error(`${file} ${args.join(' ')} failed: ${err.stderr?.toString().trim() || err.message}`);
+  }
+}
+
+/** KVM module sets on the test disk: Debian's, and the two ELISA patch variants. */
+export type KvmVariant = 'stock' | 'compat' | 'hardened';
+
+/** Whether the e2e script put the `variant` modules on the test disk (ELISA_VMX_VARIANTS). */
+export function variantOnDisk(variant: KvmVariant): boolean {
+  return existsSync(join(vmxRoot, 'modules', variant, 'kvm-intel.ko'));
+}
+
+/**
+ * Replaces the loaded kvm + kvm_intel with the `variant` build from the test disk
+ * (irqbypass stays). Every VM must be closed first, or rmmod fails (module in use).
+ */
+export function loadKvmVariant(variant: KvmVariant): void {
+  const dir = join(vmxRoot, 'modules', variant);
+  if (!existsSync(join(dir, 'kvm-intel.ko'))) {
+    throw new Error(`no ${variant} KVM modules on the test disk (${dir}): scripts/vmx-e2e.sh did not build or copy them`);
+  }
+  for (const m of ['kvm_intel', 'kvm']) if (moduleLoaded(m)) sh('rmmod', [m]);
+  sh('insmod', [join(dir, 'kvm.ko')]);
+  sh('insmod', [join(dir, 'kvm-intel.ko')]);
+}
+
+/** The ELISA variant the loaded kvm_intel reports, or null for a module without ELISA. */
+export function elisaVariant(): string | null {
+  const file = '/sys/module/kvm_intel/parameters/elisa_variant';
+  return existsSync(file) ? readFileSync(file, 'utf8').trim() : null;
 }
