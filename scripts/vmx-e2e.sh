@@ -191,7 +191,9 @@ for m in msr kvm-intel; do
 done
 for v in "${!VARIANT_DIR[@]}"; do
   mkdir -p "$R/elisa/modules/$v"
-  cp "${VARIANT_DIR[$v]}/kvm.ko" "${VARIANT_DIR[$v]}/kvm-intel.ko" "$R/elisa/modules/$v/"
+  # Self-built modules carry debug info (kvm.ko ~19 MB): the emulated CPU would copy
+  # and relocate all of it at insmod. Debian's own modules are stripped the same way.
+  for ko in kvm.ko kvm-intel.ko; do strip --strip-debug -o "$R/elisa/modules/$v/$ko" "${VARIANT_DIR[$v]}/$ko"; done
 done
 cp "$HERE/suite.sh" "$R/elisa/suite.sh"
 cp -r "$WORK/guest" "$R/elisa/guest"
@@ -280,21 +282,22 @@ case $verdict in
 esac
 phase_end
 
-# --- summary -----------------------------------------------------------------------------
-status=0
-node "$ROOT/dist/test/vmx/summary.js" "$SERIAL" || status=$?
+# --- summary (last, so that its closing "vmx: N passed, N failed" line ends the output)
 cp "$SERIAL" "$CACHE/last-serial.log"
-echo
 log "phase timings:"
 for p in "${PHASES[@]}"; do log "  $p"; done
 log "$(printf '%-10s %6ss' total "$(awk -v a="$T_START" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')")"
+status=0
+node "$ROOT/dist/test/vmx/summary.js" "$SERIAL" > "$WORK/summary.txt" || status=$?
 if [ "$status" -ne 0 ] || [ "${ELISA_VMX_KEEP:-0}" = 1 ]; then
   if [ "$status" -ne 0 ]; then
     log "last lines of the serial console:"
     tail -n 25 "$SERIAL" | sed 's/^/    /'
   fi
   log "work directory kept: $WORK (serial.log, bochs.log, bochsrc)"
+  cat "$WORK/summary.txt"
 else
+  cat "$WORK/summary.txt"
   rm -rf "$WORK"
 fi
 exit "$status"
