@@ -4,7 +4,7 @@
 import { expect } from 'chai';
 import { existsSync, writeFileSync } from 'node:fs';
 import { GuestMachine } from '../../src/x86/index';
-import { elisaVariant, loadKvmVariant, variantOnDisk } from './inhost';
+import { elisaVariant, loadKvmVariant, note, variantOnDisk } from './inhost';
 import { Elisa, eptpListSlot, hypercall, KVM_ENOSYS, KVM_EPERM, VmcsField, vmExits, vmfunc } from './probes';
 
 const MANAGER_PIDS = '/sys/module/kvm_intel/parameters/elisa_manager_pids';
@@ -62,6 +62,7 @@ describe('hardened ELISA modules, swapped in', function () {
     const before = vmExits(guest.vm);
     expect(await vmfunc(guest, 0, SWITCHES)).to.deep.equal({ kind: 'completed' });
     const exits = vmExits(guest.vm) - before;
+    note(`hardened: run with ${SWITCHES} x VMFUNC(0,0): ${exits} KVM exits`);
     expect(Number(exits), `KVM counted ${exits} exits for ${SWITCHES} VMFUNCs`).to.be.below(50);
     expect(await vmfunc(guest, 1), 'VMFUNC(0, 1), empty slot').to.deep.equal({ kind: 'fault', mnemonic: '#UD', atVmfunc: true });
   });

@@ -84,3 +84,11 @@ export function elisaVariant(): string | null {
   const file = '/sys/module/kvm_intel/parameters/elisa_variant';
   return existsSync(file) ? readFileSync(file, 'utf8').trim() : null;
 }
+
+/**
+ * Prints a measured figure as a progress marker ("ELISA-VMX: NOTE ..."), which the host
+ * harness lists with the run (a number worth seeing even when the test passes).
+ */
+export function note(text: string): void {
+  process.stdout.write(`ELISA-VMX: NOTE ${text}\n`);
+}
