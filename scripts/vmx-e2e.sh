@@ -107,6 +107,30 @@ npm run -s build
 [ -f build/Release/elisa_kvm.node ] || die "build/Release/elisa_kvm.node missing: run npm ci (it builds the addon)"
 [ -f dist/test/vmx/run-in-host.js ] || die "dist/test/vmx/run-in-host.js missing after the build"
 
+# Builds kvm.ko + kvm-intel.ko with PATCH into OUT, using scripts/kvm-module.sh's
+# functions (headers and source come from its cache). Its `build` command is not used
+# because its vermagic check reads .modinfo through /dev/stdout, which fails when
+# something on the machine has replaced that symlink; `modinfo` checks it here instead.
+build_variant() { # VARIANT PATCH OUT
+  (
+    set -euo pipefail
+    # shellcheck source=/dev/null
+    source "$ROOT/scripts/kvm-module.sh"
+    resolve "$KVER"
+    fetch_headers
+    fetch_source
+    build_in "$3.work" "$2" "$3.build.log"
+    rm -rf "$3" && mkdir -p "$3"
+    local ko magic
+    for ko in kvm.ko kvm-intel.ko; do
+      magic=$(modinfo -F vermagic "$3.work/arch/x86/kvm/$ko")
+      [ "${magic%% *}" = "$KVER" ] || { echo "$ko was built for '${magic%% *}', not $KVER" >&2; exit 1; }
+      cp "$3.work/arch/x86/kvm/$ko" "$3/"
+    done
+    rm -rf "$3.work" "$3.build.log"
+  )
+}
+
 # --- ELISA KVM modules (scripts/kvm-module.sh), built once per patch/script content ---
 phase modules
 VARIANTS=${ELISA_VMX_VARIANTS-compat hardened}
@@ -118,8 +142,7 @@ for v in $VARIANTS; do
   d=$CACHE/modules-$v-$(hash_files "$patch" "$ROOT/scripts/kvm-module.sh" "$deb")
   if [ ! -f "$d/kvm-intel.ko" ]; then
     log "building the $v modules for $KVER (scripts/kvm-module.sh; cached afterwards)"
-    rm -rf "$d.tmp"
-    bash "$ROOT/scripts/kvm-module.sh" build --variant "$v" --kernel "$KVER" --out "$d.tmp" >"$WORK/kvm-module-$v.log" 2>&1 \
+    build_variant "$v" "$patch" "$d.tmp" >"$WORK/kvm-module-$v.log" 2>&1 \
       || { tail -n 30 "$WORK/kvm-module-$v.log"; die "building the $v modules failed (log: $WORK/kvm-module-$v.log)"; }
     rm -rf "$d" && mv "$d.tmp" "$d"
   fi
