@@ -265,7 +265,8 @@ t_boot=$(now)
 # (polling every second): where a slow or stuck boot spends its time.
 MILESTONES=("Booting \`ELISA|GRUB started the kernel" "^\[ *[0-9]+\.[0-9]+\]|kernel decompressed, printing"
   "ELISA-VMX: INITRAMFS|initramfs /init runs" "ELISA-VMX: ROOT|test disk mounted"
-  "ELISA-VMX: KVM-READY|KVM modules loaded" "ELISA-VMX: MOCHA-LOADED|node started, mocha loaded"
+  "ELISA-VMX: KVM-READY|KVM modules loaded" "ELISA-VMX: NODE-STARTED|node started"
+  "ELISA-VMX: MOCHA-LOADED|mocha loaded"
   "ELISA-VMX: DONE|in-host suite done")
 SEEN=()
 elapsed() { awk -v a="$t_boot" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }'; }

@@ -19,10 +19,17 @@ function emit(line: string): void {
   process.stdout.write(`${line}\n`);
 }
 
+const secs = (since: number): string => `${((performance.now() - since) / 1000).toFixed(1)}s`;
+// Node's own start-up, then the cost of each test runner, for choosing between them
+// (every second here is ~100 hardware milliseconds).
+emit(`${MARKER}NODE-STARTED ${process.uptime().toFixed(1)}s after exec`);
+const tNodeTest = performance.now();
+require('node:test');
+emit(`${MARKER}NODE-TEST-LOADED ${secs(tNodeTest)} (for comparison; unused)`);
 const t0 = performance.now();
 // mocha 12's CommonJS entry exports the class as `Mocha`.
 const { Mocha: MochaClass } = require('mocha') as { Mocha: typeof Mocha };
-emit(`${MARKER}MOCHA-LOADED ${((performance.now() - t0) / 1000).toFixed(1)}s`);
+emit(`${MARKER}MOCHA-LOADED ${secs(t0)}`);
 
 /** Reports through markers only: the host harness builds the human summary. */
 class MarkerReporter {
@@ -56,6 +63,6 @@ const dir = __dirname;
 for (const f of readdirSync(dir).filter((n) => n.endsWith('.vmx.js')).sort()) mocha.addFile(join(dir, f));
 const tFiles = performance.now();
 mocha.run((failures) => {
-  emit(`${MARKER}SUITE-TIME ${((performance.now() - tFiles) / 1000).toFixed(1)}s`);
+  emit(`${MARKER}SUITE-TIME ${secs(tFiles)}`);
   process.exitCode = failures > 0 ? 1 : 0;
 });
