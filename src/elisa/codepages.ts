@@ -15,6 +15,8 @@ export interface GateCodeParams {
   gateStackTop: bigint;
   /** Initial RSP on the sub stack (one past its highest byte). */
   subStackTop: bigint;
+  /** Guest linear-address width: 48 (4-level paging) or 57 (5-level). */
+  vaBits: 48 | 57;
 }
 
 /** A VMFUNC instruction's position, for backends that trap it. */
@@ -25,6 +27,8 @@ export interface VmfuncSite {
   offset: number;
   /** EPTP-list slot it selects (ECX). */
   slot: number;
+  /** Its guest-virtual address. */
+  gva: bigint;
 }
 
 /** The four 4 KiB pages of one ELISA gate. */
@@ -39,6 +43,8 @@ export interface GateCodePages {
   sub: Uint8Array;
   /** Every VMFUNC in the four pages. */
   vmfuncSites: VmfuncSite[];
+  /** GVA of the function the guest calls (in the top page), when the generator knows it. */
+  entryGva?: bigint;
 }
 
 /** Generates the four pages for given addresses. */

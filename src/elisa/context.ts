@@ -9,9 +9,10 @@ import {
 } from './address';
 import type { GateCodeGenerator, GateCodePages, VmfuncSite } from './codepages';
 import { Ept, EptpList, GATE_SLOT } from './ept';
+import { elisaGateCode } from './gatecode';
 import type { EptFlags, PtFlags } from './flags';
 import { resolveMapRequests, type MapRequest, type SourceResolver } from './mapreq';
-import { PAGE_SIZE, PAGE_SIZE_N, type PageAllocator, type PhysPage } from './memory';
+import { OutOfMemoryError, PAGE_SIZE, PAGE_SIZE_N, type PageAllocator, type PhysPage } from './memory';
 import { GuestPageTable } from './pagetable';
 import { describeWalk, walk2d, type GuestWalk } from './walk';
 
@@ -26,8 +27,8 @@ export const GATE_STACK_SIZE = PAGE_SIZE_N;
 export interface BuildOptions {
   /** Where the context pages and tables come from. */
   allocator: PageAllocator;
-  /** Generates the four code pages. */
-  codeGenerator: GateCodeGenerator;
+  /** Generates the four code pages. Default: the real gate code (src/elisa/gate.ts). */
+  codeGenerator?: GateCodeGenerator;
   /** The requested GVA: the middle page (page aligned; top = gva − 4 KiB, bottom = gva + 4 KiB). */
   gva: bigint;
   /** The application's entry function (must be in executable sub-context memory). */
@@ -106,6 +107,8 @@ export interface ElisaContexts {
   defaultPages: { top: { gva: bigint; bytes: Uint8Array }; bottom: { gva: bigint; bytes: Uint8Array } };
   /** Where the generated VMFUNCs are. */
   vmfuncSites: VmfuncSite[];
+  /** GVA of the function the guest calls to enter (in the top page), if the generator reports it. */
+  gateEntryGva?: bigint;
   /** Where the stacks are (GVA ranges). */
   stacks: { gate: { base: bigint; top: bigint }; sub: { base: bigint; top: bigint; relocated: boolean } };
   /** Physical pages holding code, list and stacks (tables not included). */
@@ -228,7 +231,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
         try {
           pt.map(va, gpa, level, ptf);
           ept.map(gpa, hpa, level, eptf);
-        } catch (err) { throw new BuildError(`${name} context, ${what}: ${err instanceof Error ? err.message : String(err)}`); }
+        } catch (err) { throw rewrap(err, `${name} context, ${what}`); }
         mappings.push({ what, gva: va, gpa, hpa, level, pt: ptf, ept: eptf });
       };
       return { name, pt, ept, mappings, map };
@@ -238,7 +241,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
       for (const page of ctx.pt.tablePages()) {
         const gpa = tableGpa(page);
         try { ctx.ept.map(gpa, page.address, 1, TABLE_EPT); } catch (err) {
-          throw new BuildError(`${ctx.name} context: cannot map page-table page ${hex(page.address)} at GPA ${hex(gpa)}: ${err instanceof Error ? err.message : String(err)}`);
+          throw rewrap(err, `${ctx.name} context: cannot map page-table page ${hex(page.address)} at GPA ${hex(gpa)}`);
         }
         ctx.mappings.push({ what: 'page table', gpa, hpa: page.address, level: 1, ept: TABLE_EPT });
       }
@@ -268,7 +271,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
 
     let code: GateCodePages;
     try {
-      code = options.codeGenerator({
+      code = (options.codeGenerator ?? elisaGateCode)({ vaBits: bits === 57 ? 57 : 48,
         gva, eptpListGva: listGva, subEptp: subDesc.eptp, entry: options.entry,
         gateStackTop: gateStackBase + GATE_STACK_SIZE, subStackTop: subStack.base + subStackSize,
       });
@@ -299,6 +302,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
       eptpList: list, gate: gateDesc, sub: subDesc,
       defaultPages: { top: { gva: gva - PAGE_SIZE_N, bytes: code.top }, bottom: { gva: gva + PAGE_SIZE_N, bytes: code.bottom } },
       vmfuncSites: code.vmfuncSites,
+      ...(code.entryGva !== undefined ? { gateEntryGva: code.entryGva } : {}),
       stacks: { gate: { base: gateStackBase, top: gateStackBase + GATE_STACK_SIZE }, sub: { base: subStack.base, top: subStack.base + subStackSize, relocated: subStack.relocated } },
       dataPages: { gateCode, subCode, list: list.page, gateStack, subStack: subStack2 },
       describe,
@@ -308,6 +312,12 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     destroy();
     throw err;
   }
+}
+
+/** Adds context to an input error; memory exhaustion propagates unchanged so callers can tell it apart. */
+function rewrap(err: unknown, where: string): Error {
+  if (err instanceof OutOfMemoryError) return err;
+  return new BuildError(`${where}: ${err instanceof Error ? err.message : String(err)}`);
 }
 
 function sameRange(base: bigint, level: LeafLevel, address: bigint): boolean {

@@ -10,3 +10,4 @@ export * from './walk';
 export * from './mapreq';
 export * from './codepages';
 export * from './context';
+export * from './gatecode';

@@ -113,7 +113,7 @@ function walkGuestWith(read: EntryReader, cr3: bigint, gva: bigint, levels: Walk
     const index = tableIndex(gva, level);
     const got = read(table + BigInt(index) * 8n);
     if (got === undefined) return { kind: 'page-fault', gva, reason: `level-${level} table at GPA ${hex(table)} is not in memory`, steps };
-    if ('failed' in got) return { kind: 'ept', gva, reason: `reading the level-${level} entry at GPA ${hex(table + BigInt(index) * 8n)}: EPT ${got.failed.kind}`, steps, failed: got.failed };
+    if ('failed' in got) return { kind: 'ept', gva, reason: `reading the level-${level} entry at GPA ${hex(table + BigInt(index) * 8n)}: EPT ${got.failed.kind}: ${got.failed.kind === 'ok' ? '' : got.failed.reason}`, steps, failed: got.failed };
     const entry = got.entry;
     steps.push({ level, tableGpa: table, index, entry, ...(got.ept ? { ept: got.ept } : {}) });
     if (!(entry & PT.P)) return { kind: 'page-fault', gva, reason: `level-${level} entry ${index} of table ${hex(table)} is not present`, steps };
@@ -173,7 +173,7 @@ export function walk2d(ctx: TwoDimensional, gva: bigint, access: Access = {}, cp
   const guest = walkGuestWith(read, ctx.cr3, gva, ctx.levels, access, cpu.maxPhysAddr ?? 52);
   if (guest.kind !== 'ok') return guest;
   const final = walkEpt(ctx.mem, ctx.eptp, guest.gpa, access, cpu);
-  if (final.kind !== 'ok') return { kind: 'ept', gva, reason: `translating the final GPA ${hex(guest.gpa)}: EPT ${final.kind}`, steps: guest.steps, failed: final };
+  if (final.kind !== 'ok') return { kind: 'ept', gva, reason: `translating the final GPA ${hex(guest.gpa)}: EPT ${final.kind}: ${final.reason}`, steps: guest.steps, failed: final };
   return { ...guest, final, hpa: final.hpa };
 }
 

@@ -20,6 +20,6 @@ export const markerCode: GateCodeGenerator = (p) => {
   new DataView(gate.buffer).setBigUint64(16, p.gateStackTop, true);
   return {
     top: page(MARK.top), bottom: page(MARK.bottom), gate, sub,
-    vmfuncSites: [{ page: 'top', offset: 4093, slot: 511 }, { page: 'gate', offset: 100, slot: 1 }, { page: 'sub', offset: 4093, slot: 0 }],
+    vmfuncSites: [{ page: 'top', offset: 4093, slot: 511, gva: p.gva - 3n }, { page: 'sub', offset: 4093, slot: 0, gva: p.gva + 4093n }],
   };
 };
