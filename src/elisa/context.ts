@@ -113,7 +113,7 @@ export interface ElisaContexts {
   stacks: { gate: { base: bigint; top: bigint }; sub: { base: bigint; top: bigint; relocated: boolean } };
   /** Physical pages holding code, list and stacks (tables not included). */
   dataPages: { gateCode: PhysPage; subCode: PhysPage; list: PhysPage; gateStack: PhysPage[]; subStack: PhysPage[] };
-  /** The 2-D walk of `gva` in a context, in words. */
+  /** The 2-D walk of `gva` in a context, in words (CR3 = the root's GPA; rights reported, not checked). */
   describe(gva: bigint, context?: 'gate' | 'sub'): string;
   /** Returns every page to the allocator (idempotent). */
   destroy(): void;
@@ -286,7 +286,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     const describe = (addr: bigint, which: 'gate' | 'sub' = 'sub'): string => {
       const c = contexts[which];
       return `${which} context (EPTP ${hex(c.eptp)}, CR3 = GPA ${hex(c.ptRootGpa)}):\n` +
-        describeWalk(walk2d({ mem: allocator, eptp: c.eptp, cr3: c.ptRootGpa, levels: ptLevels }, addr, { fetch: true, user: (options.callerMode ?? 'user') === 'user' }, { maxPhysAddr }));
+        describeWalk(walk2d({ mem: allocator, eptp: c.eptp, cr3: c.ptRootGpa, levels: ptLevels }, addr, { probe: true }, { maxPhysAddr, executeOnly: geometry.executeOnly }));
     };
 
     // The sub code calls the entry point: it must be a fetchable address of the sub context.

@@ -16,6 +16,8 @@ export interface Access {
   fetch?: boolean;
   /** A CPL3 access. */
   user?: boolean;
+  /** Report the translation and its rights without checking them (for describe()); table reads are still checked. */
+  probe?: boolean;
 }
 
 /** Options describing the (virtual) CPU. */
@@ -82,7 +84,7 @@ export function walkEpt(mem: PhysicalMemory, eptp: bigint, gpa: bigint, access: 
       const missing = access.write ? (!w ? 'write' : undefined)
         : access.fetch ? ((mbec && access.user) ? (!xu ? 'user execute' : undefined) : (!x ? 'execute' : undefined))
         : (!r ? 'read' : undefined);
-      if (missing) return { kind: 'violation', gpa, reason: `${missing} not allowed (effective rights: ${describeEptBits((r ? 1n : 0n) | (w ? 2n : 0n) | (x ? 4n : 0n) | (xu ? EPT.XU : 0n), false)})`, steps };
+      if (missing && !access.probe) return { kind: 'violation', gpa, reason: `${missing} not allowed (effective rights: ${describeEptBits((r ? 1n : 0n) | (w ? 2n : 0n) | (x ? 4n : 0n) | (xu ? EPT.XU : 0n), false)})`, steps };
       const hpa = (entry & ADDRESS_MASK & ~((1n << offsetBits) - 1n)) | (gpa & ((1n << offsetBits) - 1n));
       return { kind: 'ok', gpa, hpa, level, entry, read: r, write: w, execute: x, userExecute: xu, memoryType: mt, steps };
     }
@@ -127,7 +129,7 @@ function walkGuestWith(read: EntryReader, cr3: bigint, gva: bigint, levels: Walk
       const missing = access.user && !user ? 'user access to a supervisor page'
         : access.write && !writable ? 'write to a read-only page'
         : access.fetch && !executable ? 'instruction fetch from an NX page' : undefined;
-      if (missing) return { kind: 'page-fault', gva, reason: missing, steps };
+      if (missing && !access.probe) return { kind: 'page-fault', gva, reason: missing, steps };
       const gpa = (entry & ADDRESS_MASK & ~((1n << offsetBits) - 1n)) | (gva & ((1n << offsetBits) - 1n));
       return { kind: 'ok', gva, gpa, level, entry, writable, user, executable, steps };
     }
