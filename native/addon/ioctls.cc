@@ -15,6 +15,22 @@
 namespace elisa {
 namespace {
 
+// Request numbers whose struct ends in __DECLARE_FLEX_ARRAY are spelled out with
+// C-layout headers. In C++ that macro's empty struct occupies a byte, so both
+// sizeof() -- which the request number encodes -- and the array's offset differ
+// from C, the kernel's ABI (g++: sizeof(kvm_msr_list) == 8, C: 4), and the
+// kernel answers EINVAL. test/kvm/layout.test.ts compares every request number
+// used here with the values gcc computes from linux/kvm.h.
+struct CMsrList { uint32_t nmsrs; };                  // then uint32_t indices[] at 4
+struct CMsrs { uint32_t nmsrs; uint32_t pad; };       // then kvm_msr_entry[] at 8
+struct CCpuid2 { uint32_t nent; uint32_t padding; };  // then kvm_cpuid_entry2[] at 8
+constexpr unsigned long kGetMsrIndexList = _IOWR(KVMIO, 0x02, CMsrList);
+constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, CCpuid2);
+constexpr unsigned long kGetMsrFeatureIndexList = _IOWR(KVMIO, 0x0a, CMsrList);
+constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, CMsrs);
+constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, CMsrs);
+constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, CCpuid2);
+
 // ioctl() retried on EINTR: none of these requests (KVM_RUN is elsewhere) has
 // meaningful partial progress, so a stray signal must not surface as an error.
 int Ioctl(int fd, unsigned long req, void* arg) {
@@ -69,12 +85,12 @@ Napi::Value StructIoctl(const Napi::CallbackInfo& info, unsigned long req, const
 Napi::Value GetSupportedCpuid(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   for (uint32_t n = 64; n <= 4096; n *= 2) {
-    std::vector<uint8_t> mem(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
-    auto* c = reinterpret_cast<kvm_cpuid2*>(mem.data());
+    std::vector<uint8_t> mem(sizeof(CCpuid2) + n * sizeof(kvm_cpuid_entry2));
+    auto* c = reinterpret_cast<CCpuid2*>(mem.data());
     c->nent = n;
-    if (Ioctl(fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+    if (Ioctl(fd, kGetSupportedCpuid, c) == 0) {
       auto out = Napi::ArrayBuffer::New(info.Env(), c->nent * sizeof(kvm_cpuid_entry2));
-      memcpy(out.Data(), c->entries, out.ByteLength());
+      memcpy(out.Data(), mem.data() + sizeof(CCpuid2), out.ByteLength());
       return out;
     }
     if (errno != E2BIG) ThrowIoctlError(info.Env(), "KVM_GET_SUPPORTED_CPUID", errno);
@@ -88,12 +104,12 @@ Napi::Value MsrList(const Napi::CallbackInfo& info, unsigned long req, const cha
   int fd = ArgFd(info, 0);
   uint32_t n = 256;
   for (int attempt = 0; attempt < 4; attempt++) {
-    std::vector<uint8_t> mem(sizeof(kvm_msr_list) + n * sizeof(uint32_t));
-    auto* l = reinterpret_cast<kvm_msr_list*>(mem.data());
+    std::vector<uint8_t> mem(sizeof(CMsrList) + n * sizeof(uint32_t));
+    auto* l = reinterpret_cast<CMsrList*>(mem.data());
     l->nmsrs = n;
     if (Ioctl(fd, req, l) == 0) {
       auto out = Napi::Uint32Array::New(info.Env(), l->nmsrs);
-      memcpy(out.Data(), l->indices, l->nmsrs * sizeof(uint32_t));
+      memcpy(out.Data(), mem.data() + sizeof(CMsrList), l->nmsrs * sizeof(uint32_t));
       return out;
     }
     if (errno != E2BIG) ThrowIoctlError(info.Env(), name, errno);
@@ -117,16 +133,17 @@ Napi::Value Msrs(const Napi::CallbackInfo& info, bool set) {
   auto val = info[2].As<Napi::TypedArrayOf<uint64_t>>();
   size_t n = idx.ElementLength();
   if (val.ElementLength() != n) ThrowRange(info.Env(), std::string(name) + ": indices and values differ in length");
-  std::vector<uint8_t> mem(sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry));
-  auto* m = reinterpret_cast<kvm_msrs*>(mem.data());
+  std::vector<uint8_t> mem(sizeof(CMsrs) + n * sizeof(kvm_msr_entry));
+  auto* m = reinterpret_cast<CMsrs*>(mem.data());
+  auto* entries = reinterpret_cast<kvm_msr_entry*>(mem.data() + sizeof(CMsrs));
   m->nmsrs = static_cast<uint32_t>(n);
   for (size_t i = 0; i < n; i++) {
-    m->entries[i].index = idx[i];
-    m->entries[i].data = set ? val[i] : 0;
+    entries[i].index = idx[i];
+    entries[i].data = set ? val[i] : 0;
   }
-  int r = Ioctl(fd, set ? KVM_SET_MSRS : KVM_GET_MSRS, m);
+  int r = Ioctl(fd, set ? kSetMsrs : kGetMsrs, m);
   if (r < 0) ThrowIoctlError(info.Env(), name, errno);
-  if (!set) for (int i = 0; i < r; i++) val[i] = m->entries[i].data;
+  if (!set) for (int i = 0; i < r; i++) val[i] = entries[i].data;
   return Napi::Number::New(info.Env(), r);
 }
 
@@ -136,11 +153,11 @@ Napi::Value SetCpuid2(const Napi::CallbackInfo& info) {
   if (b.length % sizeof(kvm_cpuid_entry2) != 0)
     ThrowRange(info.Env(), "KVM_SET_CPUID2: entries must be a multiple of " + std::to_string(sizeof(kvm_cpuid_entry2)) + " bytes");
   size_t n = b.length / sizeof(kvm_cpuid_entry2);
-  std::vector<uint8_t> mem(sizeof(kvm_cpuid2) + b.length);
-  auto* c = reinterpret_cast<kvm_cpuid2*>(mem.data());
+  std::vector<uint8_t> mem(sizeof(CCpuid2) + b.length);
+  auto* c = reinterpret_cast<CCpuid2*>(mem.data());
   c->nent = static_cast<uint32_t>(n);
-  memcpy(c->entries, b.data, b.length);
-  if (Ioctl(ArgFd(info, 0), KVM_SET_CPUID2, c) < 0) ThrowIoctlError(info.Env(), "KVM_SET_CPUID2", errno);
+  memcpy(mem.data() + sizeof(CCpuid2), b.data, b.length);
+  if (Ioctl(ArgFd(info, 0), kSetCpuid2, c) < 0) ThrowIoctlError(info.Env(), "KVM_SET_CPUID2", errno);
   return info.Env().Undefined();
 }
 
@@ -285,6 +302,44 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// Every request number this addon issues, by its linux/kvm.h name.
+Napi::Value Requests(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+#define R(name, value) o.Set(name, Napi::Number::New(env, static_cast<double>(value)))
+  R("KVM_GET_API_VERSION", KVM_GET_API_VERSION);
+  R("KVM_CHECK_EXTENSION", KVM_CHECK_EXTENSION);
+  R("KVM_GET_VCPU_MMAP_SIZE", KVM_GET_VCPU_MMAP_SIZE);
+  R("KVM_CREATE_VM", KVM_CREATE_VM);
+  R("KVM_GET_SUPPORTED_CPUID", kGetSupportedCpuid);
+  R("KVM_GET_MSR_INDEX_LIST", kGetMsrIndexList);
+  R("KVM_GET_MSR_FEATURE_INDEX_LIST", kGetMsrFeatureIndexList);
+  R("KVM_GET_MSRS", kGetMsrs);
+  R("KVM_SET_MSRS", kSetMsrs);
+  R("KVM_SET_USER_MEMORY_REGION", KVM_SET_USER_MEMORY_REGION);
+  R("KVM_GET_DIRTY_LOG", KVM_GET_DIRTY_LOG);
+  R("KVM_SET_TSS_ADDR", KVM_SET_TSS_ADDR);
+  R("KVM_SET_IDENTITY_MAP_ADDR", KVM_SET_IDENTITY_MAP_ADDR);
+  R("KVM_CREATE_VCPU", KVM_CREATE_VCPU);
+  R("KVM_ENABLE_CAP", KVM_ENABLE_CAP);
+  R("KVM_RUN", KVM_RUN);
+  R("KVM_GET_REGS", KVM_GET_REGS);
+  R("KVM_SET_REGS", KVM_SET_REGS);
+  R("KVM_GET_SREGS", KVM_GET_SREGS);
+  R("KVM_SET_SREGS", KVM_SET_SREGS);
+  R("KVM_GET_FPU", KVM_GET_FPU);
+  R("KVM_SET_FPU", KVM_SET_FPU);
+  R("KVM_GET_VCPU_EVENTS", KVM_GET_VCPU_EVENTS);
+  R("KVM_SET_VCPU_EVENTS", KVM_SET_VCPU_EVENTS);
+  R("KVM_TRANSLATE", KVM_TRANSLATE);
+  R("KVM_SET_GUEST_DEBUG", KVM_SET_GUEST_DEBUG);
+  R("KVM_SET_CPUID2", kSetCpuid2);
+  R("KVM_INTERRUPT", KVM_INTERRUPT);
+  R("KVM_NMI", KVM_NMI);
+#undef R
+  return o;
+}
+
 #define VALUE_IOCTL(js, REQ) \
   exports.Set(js, Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value { \
     return ValueIoctl(info, REQ, #REQ, 0); }))
@@ -302,6 +357,7 @@ void InitIoctls(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close));
   exports.Set("dup", Napi::Function::New(env, Dup));
   exports.Set("layout", Napi::Function::New(env, Layout));
+  exports.Set("requests", Napi::Function::New(env, Requests));
   // system fd
   VALUE_IOCTL("getApiVersion", KVM_GET_API_VERSION);
   VALUE_IOCTL_ARG("checkExtension", KVM_CHECK_EXTENSION, "cap");  // also on a VM fd
@@ -309,9 +365,9 @@ void InitIoctls(Napi::Env env, Napi::Object exports) {
   VALUE_IOCTL_ARG("createVm", KVM_CREATE_VM, "type");
   exports.Set("getSupportedCpuid", Napi::Function::New(env, GetSupportedCpuid));
   exports.Set("getMsrIndexList", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
-    return MsrList(info, KVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST"); }));
+    return MsrList(info, kGetMsrIndexList, "KVM_GET_MSR_INDEX_LIST"); }));
   exports.Set("getMsrFeatureIndexList", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
-    return MsrList(info, KVM_GET_MSR_FEATURE_INDEX_LIST, "KVM_GET_MSR_FEATURE_INDEX_LIST"); }));
+    return MsrList(info, kGetMsrFeatureIndexList, "KVM_GET_MSR_FEATURE_INDEX_LIST"); }));
   exports.Set("getMsrs", Napi::Function::New(env, [](const Napi::CallbackInfo& info) { return Msrs(info, false); }));
   exports.Set("setMsrs", Napi::Function::New(env, [](const Napi::CallbackInfo& info) { return Msrs(info, true); }));
   // VM fd

@@ -71,13 +71,16 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   uint64_t offset = ArgU64(info, 2, "offset");
   uint32_t flags = ArgU32(info, 3, "flags");
   if (size == 0) ThrowRange(env, "mmap: size must not be zero");
-  int mflags = fd < 0 ? (MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE) : MAP_SHARED;
+  int mflags = fd < 0 ? (MAP_PRIVATE | MAP_ANONYMOUS) : MAP_SHARED;
   if (flags & kPopulate) mflags |= MAP_POPULATE;
+  // Hugetlb pages are reserved at mmap time (ENOMEM now, instead of SIGBUS at
+  // the first touch), so MAP_NORESERVE only for ordinary anonymous memory.
   if ((flags & kHugetlb) && fd < 0) mflags |= MAP_HUGETLB;
+  else if (fd < 0) mflags |= MAP_NORESERVE;
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, mflags, fd < 0 ? -1 : static_cast<int>(fd), static_cast<off_t>(offset));
   if (p == MAP_FAILED) {
     int e = errno;
-    ThrowSyscallError(env, "mmap", e, (flags & kHugetlb) ? "huge pages requested: are any reserved in /proc/sys/vm/nr_hugepages?" : "");
+    ThrowSyscallError(env, "mmap", e);
   }
   if ((flags & kHugepageAdvise) && madvise(p, size, MADV_HUGEPAGE) < 0) {
     int e = errno;

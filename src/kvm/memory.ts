@@ -8,7 +8,7 @@
 // used by a VM memory slot cannot be disposed (the guest would keep using the
 // pages KVM resolved): delete the slot or dispose the VM first. A GuestMemory
 // that is garbage collected without dispose() is unmapped by its finalizer.
-import { DisposedError } from './errors';
+import { DisposedError, HostError } from './errors';
 import { PAGE_SIZE } from './constants';
 import { native } from './native';
 
@@ -67,6 +67,19 @@ function mapFlags(o: GuestMemoryOptions): number {
     (huge === 'hugetlb' ? MapFlag.HUGETLB : 0) | (huge === 'transparent' ? MapFlag.HUGEPAGE_ADVISE : 0);
 }
 
+/** Runs a mapping call, turning ENOMEM for hugetlb memory into an error that says why. */
+function withHugetlbHint<T>(huge: HugePages, bytes: number, f: () => T): T {
+  try {
+    return f();
+  } catch (err) {
+    if (huge === 'hugetlb' && err instanceof HostError && err.code === 'ENOMEM') {
+      throw new HostError(err.syscall, err.errno,
+        `not enough free 2 MiB hugetlb pages for ${bytes} bytes (reserve them in /proc/sys/vm/nr_hugepages)`);
+    }
+    throw err;
+  }
+}
+
 /** Who holds a GuestMemory in a VM slot (Vm implements it). */
 export interface MemoryUser { describeSlot(slot: number): string }
 
@@ -94,7 +107,7 @@ export class GuestMemory implements Disposable {
   static anonymous(size: Size, options: GuestMemoryOptions = {}): GuestMemory {
     const bytes = parseSize(size, 'GuestMemory size');
     checkPageMultiple(bytes, options.hugePages ?? 'none');
-    const buffer = native.mmap(-1, BigInt(bytes), 0n, mapFlags(options));
+    const buffer = withHugetlbHint(options.hugePages ?? 'none', bytes, () => native.mmap(-1, BigInt(bytes), 0n, mapFlags(options)));
     return new GuestMemory(buffer, -1, 'anonymous', options);
   }
 
@@ -112,7 +125,7 @@ export class GuestMemory implements Disposable {
       native.ftruncate(fd, BigInt(bytes));
       // MFD_HUGETLB already selects hugetlbfs pages: do not pass MAP_HUGETLB again.
       const flags = mapFlags({ ...options, hugePages: huge === 'hugetlb' ? 'none' : huge });
-      const buffer = native.mmap(fd, BigInt(bytes), 0n, flags);
+      const buffer = withHugetlbHint(huge, bytes, () => native.mmap(fd, BigInt(bytes), 0n, flags));
       return new GuestMemory(buffer, fd, 'memfd', options);
     } catch (err) {
       native.close(fd);

@@ -25,6 +25,7 @@ export interface NativeVcpuRunner {
 export interface NativeAddon {
   setErrorClasses(kvmError: typeof KvmError, hostError: typeof HostError): void;
   layout(): Record<string, number>;
+  requests(): Record<string, number>;
   openKvm(path: string): number;
   close(fd: number): void;
   dup(fd: number): number;
