@@ -1,0 +1,234 @@
+// A guest VM for host mode: one KVM VM with one vCPU in 64-bit long mode, a guest
+// program from native/guest loaded at its link address, and the run loop that serves
+// the runtime's ports (console, exit, result, assertions, exception reports).
+//
+// It is built from the x86 layer's pure parts (GDT/IDT/stubs, identity map, ELF
+// loader, port numbers, error classes). A backend can take over the vCPU's execution
+// (setExecutor): the emulated backend runs gate and sub contexts in other VMs and
+// returns to this loop only for exits of the guest's own (default) context.
+import { readFileSync } from 'node:fs';
+import { Cap, ExitReason, GuestMemory, InternalErrorSuberror, IoDirection, Kvm, SyncRegs, type Exit, type Vcpu, type Vm } from '../../kvm';
+import { parseElf, loadSegments, type ElfImage } from '../../x86/elf';
+import { decodeReport } from '../../x86/exceptions';
+import {
+  GuestAssertionError, GuestError, GuestFault, GuestShutdown, GuestTimeout, GuestUnexpectedExit, type GuestRegisters,
+} from '../../x86/errors';
+import { exceptionAreaGpa, GUEST_RESERVED_END, INITIAL_STACK_TOP } from '../../x86/layout';
+import { INITIAL_RFLAGS, longModeState, writeSystemStructures, type SegmentState } from '../../x86/longmode';
+import { buildIdentityMap } from '../../x86/paging';
+import { GuestPort } from '../../x86/ports';
+import { guestProgramPath } from '../../x86/programs';
+import type { Segment, Sregs } from '../../kvm/structs';
+
+/** Options of GuestMachine.create. */
+export interface GuestMachineOptions {
+  /** Guest RAM in bytes, identity mapped from GPA 0 (default 4 MiB; the program must fit). */
+  memoryBytes?: number;
+  /** A Kvm handle to share (default: opened here and closed on dispose). */
+  kvm?: Kvm;
+  /** A name for messages (default: the program's file name). */
+  name?: string;
+}
+
+/** Options of GuestMachine.run. */
+export interface GuestRunOptions {
+  /** Bound on the whole run in milliseconds (default 10 000). */
+  timeoutMs?: number;
+}
+
+/** What a finished run produced. */
+export interface GuestRunResult {
+  /** exit(code) / main's return value. */
+  exitCode: number;
+  /** The last value passed to result(), if any. */
+  result: bigint | undefined;
+  /** Everything the guest printed. */
+  console: string;
+  /** Wall-clock milliseconds of the run. */
+  elapsedMs: number;
+}
+
+/**
+ * Runs the guest's vCPU until an exit of its default context needs the host. Returns
+ * the vCPU whose kvm_run holds that exit (the guest's own vCPU). May throw a
+ * GuestError subclass for failures it detects itself (e.g. in a sub context).
+ */
+export type VcpuExecutor = (remainingMs: number) => Vcpu;
+
+function toSegment(s: SegmentState): Segment {
+  return {
+    base: s.base, limit: s.limit, selector: s.selector, type: s.type, present: s.present !== 0, dpl: s.dpl,
+    db: s.db !== 0, s: s.s !== 0, l: s.l !== 0, g: s.g !== 0, avl: s.avl !== 0, unusable: s.unusable !== 0,
+  } as Segment;
+}
+
+const hex = (v: bigint | number): string => `0x${v.toString(16)}`;
+
+/** A guest VM running one program from native/guest. Dispose it to free the VM and memory. */
+export class GuestMachine implements Disposable {
+  readonly kvm: Kvm;
+  readonly vm: Vm;
+  /** Guest RAM, guest-physical [0, memory.size). */
+  readonly memory: GuestMemory;
+  /** The guest's (only) vCPU. */
+  readonly vcpu: Vcpu;
+  /** The loaded program. */
+  readonly image: ElfImage;
+  /** Name for messages. */
+  readonly name: string;
+  /** Guest-physical ranges the program's segments occupy: [start, end). */
+  readonly loaded: readonly { start: number; end: number }[];
+  readonly #ownKvm: boolean;
+  #executor: VcpuExecutor | undefined;
+  #console = '';
+  #disposed = false;
+  #onDispose: (() => void)[] = [];
+
+  private constructor(kvm: Kvm, ownKvm: boolean, vm: Vm, memory: GuestMemory, vcpu: Vcpu, image: ElfImage, name: string) {
+    this.kvm = kvm; this.#ownKvm = ownKvm; this.vm = vm; this.memory = memory; this.vcpu = vcpu; this.image = image; this.name = name;
+    this.loaded = image.segments.map((s) => ({ start: s.paddr, end: s.paddr + s.memsz }));
+  }
+
+  /**
+   * Creates a VM, loads `program` (a name in native/guest/out, a path, or ELF bytes)
+   * and prepares vCPU 0 at its entry point in long mode with interrupts off.
+   */
+  static create(program: string | Uint8Array, options: GuestMachineOptions = {}): GuestMachine {
+    const file = typeof program === 'string' ? readFileSync(program.includes('/') ? program : guestProgramPath(program)) : program;
+    const name = options.name ?? (typeof program === 'string' ? program : 'guest program');
+    const image = parseElf(file, name);
+    const bytes = options.memoryBytes ?? 4 << 20;
+    if (!Number.isSafeInteger(bytes) || bytes < 2 << 20 || bytes % (2 << 20) !== 0) {
+      throw new RangeError(`guest memory must be a multiple of 2 MiB and at least 2 MiB, got ${bytes}`);
+    }
+    const ownKvm = options.kvm === undefined;
+    const kvm = options.kvm ?? Kvm.open();
+    let vm: Vm | undefined;
+    let memory: GuestMemory | undefined;
+    try {
+      memory = GuestMemory.anonymous(bytes);
+      const mem = memory.bytes();
+      writeSystemStructures(mem, 1);
+      const map = buildIdentityMap(mem, { bytes });
+      loadSegments(file, image, mem, [{ start: 0, end: GUEST_RESERVED_END, what: 'the host-reserved first MiB' }]);
+      vm = kvm.createVm();
+      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, memory });
+      if (vm.checkExtension(Cap.EXIT_ON_EMULATION_FAILURE)) vm.enableCap(Cap.EXIT_ON_EMULATION_FAILURE, [1]);
+      const vcpu = vm.createVcpu(0);
+      const lm = longModeState(0, 1, map.cr3);
+      const base = vcpu.getSregs();
+      const sregs: Sregs = {
+        ...base, cs: toSegment(lm.cs), ds: toSegment(lm.ds), es: toSegment(lm.es), fs: toSegment(lm.fs), gs: toSegment(lm.gs),
+        ss: toSegment(lm.ss), tr: toSegment(lm.tr), ldt: toSegment(lm.ldt), gdt: lm.gdt, idt: lm.idt,
+        cr0: lm.cr0, cr3: lm.cr3, cr4: lm.cr4, efer: lm.efer,
+      };
+      vcpu.setSregs(sregs);
+      vcpu.setRegs({ ...vcpu.getRegs(), rip: BigInt(image.entry), rsp: BigInt(INITIAL_STACK_TOP), rflags: INITIAL_RFLAGS });
+      vcpu.sync.request(SyncRegs.REGS | SyncRegs.SREGS | SyncRegs.EVENTS);
+      return new GuestMachine(kvm, ownKvm, vm, memory, vcpu, image, name);
+    } catch (err) {
+      vm?.dispose();
+      memory?.dispose();
+      if (ownKvm) kvm.dispose();
+      throw err;
+    }
+  }
+
+  /** The address of a symbol of the program; throws naming it if it is missing. */
+  symbol(name: string): bigint {
+    return BigInt(this.image.symbols.address(name));
+  }
+
+  /** Console output so far. */
+  get console(): string { return this.#console; }
+
+  /** Hands the vCPU's execution to a backend (undefined: plain KVM_RUN). */
+  setExecutor(executor: VcpuExecutor | undefined): void { this.#executor = executor; }
+
+  /** Registers a clean-up to run (first) when the machine is disposed. */
+  onDispose(fn: () => void): void { this.#onDispose.push(fn); }
+
+  /** The vCPU's registers as an error report wants them. */
+  registers(vcpu: Vcpu = this.vcpu): GuestRegisters {
+    const r = vcpu.sync.valid & SyncRegs.REGS ? vcpu.sync.regs : vcpu.getRegs();
+    return { rax: r.rax, rcx: r.rcx, rdx: r.rdx, rbx: r.rbx, rsp: r.rsp, rbp: r.rbp, rsi: r.rsi, rdi: r.rdi,
+      r8: r.r8, r9: r.r9, r10: r.r10, r11: r.r11, r12: r.r12, r13: r.r13, r14: r.r14, r15: r.r15, rip: r.rip, rflags: r.rflags };
+  }
+
+  /**
+   * Runs the program until it exits. Resolves with exit code, result and console;
+   * throws a GuestError (GuestFault, GuestAssertionError, GuestTimeout, ...) otherwise.
+   * Synchronous on the calling thread: every context vCPU of this guest vCPU runs on it.
+   */
+  run(options: GuestRunOptions = {}): GuestRunResult {
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    const started = performance.now();
+    const deadline = started + timeoutMs;
+    let result: bigint | undefined;
+    let resultLo = 0n;
+    let assertMsg = '';
+    const decoder = new TextDecoder('latin1');
+    for (;;) {
+      const remaining = deadline - performance.now();
+      if (remaining <= 0) throw new GuestTimeout(timeoutMs, this.registers(), this.#console);
+      let vcpu: Vcpu;
+      if (this.#executor) vcpu = this.#executor(remaining);
+      else { this.vcpu.runRaw(remaining); vcpu = this.vcpu; }
+      const exit = vcpu.lastExit();
+      switch (exit.kind) {
+        case 'io': {
+          if (exit.direction === IoDirection.OUT) {
+            const value = exit.size === 4 ? BigInt(new DataView(exit.data.buffer, exit.data.byteOffset, 4).getUint32(0, true)) : BigInt(exit.data[0] ?? 0);
+            switch (exit.port) {
+              case GuestPort.console: this.#console += decoder.decode(exit.data); continue;
+              case GuestPort.resultLo: resultLo = value; continue;
+              case GuestPort.resultHi: result = (value << 32n) | resultLo; continue;
+              case GuestPort.assertMsg: assertMsg += decoder.decode(exit.data); continue;
+              case GuestPort.assertFail: throw new GuestAssertionError(assertMsg, Number(value), this.#console);
+              case GuestPort.exit:
+                return { exitCode: Number(BigInt.asIntN(32, value)), result, console: this.#console, elapsedMs: performance.now() - started };
+              case GuestPort.exception: {
+                const report = decodeReport(new DataView(this.memory.buffer), exceptionAreaGpa(0));
+                const sym = this.image.symbols.containing(Number(report.rip));
+                throw new GuestFault(report, this.#console, sym?.name);
+              }
+            }
+          }
+          throw new GuestUnexpectedExit('io', `${exit.direction === IoDirection.OUT ? 'write to' : 'read from'} port ${hex(exit.port)} (size ${exit.size}) at RIP ${hex(this.registers(vcpu).rip)}`, this.#console);
+        }
+        case 'intr':
+          if (exit.timedOut) throw new GuestTimeout(timeoutMs, this.registers(vcpu), this.#console);
+          continue;
+        case 'shutdown': throw new GuestShutdown(this.registers(vcpu), this.#console);
+        case 'hlt': throw new GuestUnexpectedExit('hlt', `HLT at RIP ${hex(this.registers(vcpu).rip)}`, this.#console);
+        default: throw new GuestUnexpectedExit(exit.kind, describeGuestExit(exit, this.registers(vcpu).rip), this.#console);
+      }
+    }
+  }
+
+  /** Disposes attachments, the VM, the memory and (if opened here) the Kvm handle. Idempotent. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    const hooks = this.#onDispose.splice(0).reverse();
+    for (const fn of hooks) fn();
+    this.vm.dispose();
+    this.memory.dispose();
+    if (this.#ownKvm) this.kvm.dispose();
+  }
+
+  [Symbol.dispose](): void { this.dispose(); }
+}
+
+/** One line about an exit, with the instruction bytes of an emulation failure. */
+export function describeGuestExit(exit: Exit, rip: bigint): string {
+  switch (exit.kind) {
+    case 'mmio': return `${exit.isWrite ? 'write to' : 'read from'} unbacked guest-physical address ${hex(exit.address)} (${exit.length} bytes) at RIP ${hex(rip)}`;
+    case 'internalError':
+      return `KVM internal error (suberror ${InternalErrorSuberror[exit.suberror] ?? exit.suberror})` +
+        (exit.instructionBytes ? `, instruction bytes ${Buffer.from(exit.instructionBytes).toString('hex')}` : '') + ` at RIP ${hex(rip)}`;
+    default: return `exit ${ExitReason[exit.reason] ?? exit.reason} at RIP ${hex(rip)}`;
+  }
+}
+
+export { GuestError };
