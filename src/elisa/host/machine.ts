@@ -34,6 +34,8 @@ export interface GuestMachineOptions {
 export interface GuestRunOptions {
   /** Bound on the whole run in milliseconds (default 10 000). */
   timeoutMs?: number;
+  /** Extra OUT ports the caller serves (e.g. a benchmark's baseline port): port → handler of the bytes written. */
+  ports?: ReadonlyMap<number, (data: Uint8Array) => void>;
 }
 
 /** What a finished run produced. */
@@ -187,6 +189,11 @@ export class GuestMachine implements Disposable {
               case GuestPort.assertFail: throw new GuestAssertionError(assertMsg, Number(value), this.#console);
               case GuestPort.exit:
                 return { exitCode: Number(BigInt.asIntN(32, value)), result, console: this.#console, elapsedMs: performance.now() - started };
+              default: {
+                const handler = options.ports?.get(exit.port);
+                if (handler) { handler(exit.data); continue; }
+                break;
+              }
               case GuestPort.exception: {
                 const report = decodeReport(new DataView(this.memory.buffer), exceptionAreaGpa(0));
                 const sym = this.image.symbols.containing(Number(report.rip));
