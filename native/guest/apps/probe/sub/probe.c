@@ -6,3 +6,5 @@ u64 elisa_sub_entry(u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5) { return a0 
 /* An address the sub context does not map, read from memory so the compiler cannot see it. */
 volatile u64 probe_unmapped = 0x8;
 u64 probe_fault(void) { return *(volatile u64 *)probe_unmapped; }
+/* Never returns: the run's timeout must catch the guest inside the sub context. */
+u64 probe_spin(void) { for (;;) __asm__ volatile(""); }
