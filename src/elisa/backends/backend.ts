@@ -42,6 +42,8 @@ export interface AttachmentStats {
   failures: VmfuncEvent[];
   /** Times the APT slot moved because the guest's CR3 changed. */
   aptMoves: number;
+  /** Switches that also had to load segment/control registers or event state (they differed). */
+  stateMoves: { sregs: number; events: number };
 }
 
 /** A sub context attached to one guest vCPU, as a backend realises it. */
@@ -62,6 +64,16 @@ export interface AttachOptions {
   moveFpu?: boolean;
   /** Record every VMFUNC in `trace` (slow; for tests). */
   trace?: VmfuncEvent[];
+  /** Host-side timing (benchmarks): filled while the guest runs. */
+  timing?: SwitchTiming;
+}
+
+/** Host-side timing of switches, measured with performance.now(). */
+export interface SwitchTiming {
+  /** Milliseconds from each VMFUNC leaving the default context to the default context running again. */
+  trips: number[];
+  /** Milliseconds the backend's own code took for each switch (from the trap exit to the next KVM_RUN). */
+  handling: number[];
 }
 
 /** A backend. */

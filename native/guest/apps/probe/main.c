@@ -50,6 +50,10 @@ int main(void) {
     case 6: /* VMFUNC with a bad function number or index */
         r = probe_vmfunc(probe_arg >> 32, probe_arg & 0xffffffffULL);
         break;
+    case 7: /* xmm0 = probe_arg, then a plain call (the sub entry may read xmm0) */
+        __asm__ volatile("movq %0, %%xmm0" :: "r"((uint64_t)probe_arg)); /* no clobber: -mgeneral-regs-only code never uses xmm0 */
+        r = elisa_gate_entry(0, 0, 0, 0, 0, 0);
+        break;
     default:
         GUEST_ASSERT(0, "unknown probe_mode %llu", (unsigned long long)probe_mode);
     }

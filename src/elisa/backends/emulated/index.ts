@@ -25,7 +25,7 @@ import { ADDRESS_MASK, EPT } from '../../flags';
 import type { PhysPage } from '../../memory';
 import { describeGuestExit, GuestError, type GuestMachine } from '../../host/machine';
 import type {
-  AttachmentStats, AttachOptions, Backend, BackendAttachment, ManagerMemory, VmfuncEvent,
+  AttachmentStats, AttachOptions, Backend, BackendAttachment, ManagerMemory, SwitchTiming, VmfuncEvent,
 } from '../backend';
 
 /** The I/O port of the rewritten VMFUNC sites (`out 0xd4, al`: 0xd4 is VMFUNC's last opcode byte). */
@@ -41,6 +41,16 @@ const RAX = KvmRun.sync_regs + 0;
 const RCX = KvmRun.sync_regs + 16;
 const RIP = KvmRun.sync_regs + 16 * 8;
 const CR3 = KvmRun.sync_sregs + 8 * 24 + 16 + 16 + 16; // after 8 segments, gdt, idt, cr0, cr2
+const REGS_SIZE = KvmRun.sync_sregs - KvmRun.sync_regs;
+const SREGS_SIZE = KvmRun.sync_events - KvmRun.sync_sregs;
+const EVENTS_SIZE = 64;
+
+/** Views of a vCPU's synced areas. Safe: kvm_run stays mapped until the vCPU is disposed, which detaches the buffer. */
+function syncViews(vcpu: Vcpu): Pick<Context, 'view' | 'regs' | 'sregs' | 'events'> {
+  const view = vcpu.runView;
+  const at = (off: number, len: number): Buffer => Buffer.from(view.buffer, view.byteOffset + off, len);
+  return { view, regs: at(KvmRun.sync_regs, REGS_SIZE), sregs: at(KvmRun.sync_sregs, SREGS_SIZE), events: at(KvmRun.sync_events, EVENTS_SIZE) };
+}
 
 /** A failure in a gate or sub context (fault, unexpected exit, timeout), reported with where it happened. */
 export class ContextExitError extends GuestError {
@@ -106,6 +116,10 @@ interface Context {
   vm: Vm;
   vcpu: Vcpu;
   view: DataView;
+  /** Byte views of kvm_run's synced regs, sregs and events (the mapping never moves). */
+  regs: Buffer;
+  sregs: Buffer;
+  events: Buffer;
   /** Rewritten VMFUNC sites of this context's code, by RIP (as a number: GVAs here are < 2^53). */
   sites: Set<number>;
   /** Number of the APT slot in this VM (gate/sub), and the GPA it sits at. */
@@ -137,7 +151,7 @@ function rewriteSites(bytes: Uint8Array, offsets: readonly number[], what: strin
 
 class EmulatedAttachment implements BackendAttachment {
   readonly backend = 'emulated' as const;
-  readonly stats: AttachmentStats = { switchesTo: { default: 0, gate: 0, sub: 0 }, failures: [], aptMoves: 0 };
+  readonly stats: AttachmentStats = { switchesTo: { default: 0, gate: 0, sub: 0 }, failures: [], aptMoves: 0, stateMoves: { sregs: 0, events: 0 } };
   readonly #machine: GuestMachine;
   readonly #manager: ManagerMemory;
   readonly #byEptp = new Map<bigint, Context>();
@@ -148,6 +162,8 @@ class EmulatedAttachment implements BackendAttachment {
   readonly #defaultRoot: PhysPage;
   readonly #moveFpu: boolean;
   readonly #trace: VmfuncEvent[] | undefined;
+  readonly #timing: SwitchTiming | undefined;
+  #tripStart = 0;
   #current: Context;
   #dead: string | undefined;
   #disposed = false;
@@ -157,6 +173,7 @@ class EmulatedAttachment implements BackendAttachment {
     this.#manager = manager;
     this.#moveFpu = options.moveFpu ?? false;
     this.#trace = options.trace;
+    this.#timing = options.timing;
     const list = contexts.dataPages.list.bytes;
     this.#list = new DataView(list.buffer, list.byteOffset, list.byteLength);
     const guestVcpu = machine.vcpu;
@@ -173,7 +190,7 @@ class EmulatedAttachment implements BackendAttachment {
     // arena page stands for its root; its EPTP goes into slot 0 ("activation").
     this.#defaultRoot = manager.allocator.allocate();
     const defaultEptp = encodeEptp({ root: this.#defaultRoot.address, levels: contexts.eptLevels, memoryType: 'WB', accessDirty: true });
-    this.#default = { name: 'default', vm: machine.vm, vcpu: guestVcpu, view: guestVcpu.runView, sites: sitesOf('top') };
+    this.#default = { name: 'default', vm: machine.vm, vcpu: guestVcpu, ...syncViews(guestVcpu), sites: sitesOf('top') };
     this.#current = this.#default;
     const made: Vm[] = [];
     try {
@@ -188,7 +205,7 @@ class EmulatedAttachment implements BackendAttachment {
         const vcpu = vm.createVcpu(0);
         vcpu.setFpu(fpu);
         vcpu.sync.request(SyncRegs.REGS | SyncRegs.SREGS | SyncRegs.EVENTS);
-        const ctx: Context = { name, vm, vcpu, view: vcpu.runView, sites: sitesOf(name), aptSlot: slots.length, ptRoot: contexts[name].ptRoot };
+        const ctx: Context = { name, vm, vcpu, ...syncViews(vcpu), sites: sitesOf(name), aptSlot: slots.length, ptRoot: contexts[name].ptRoot };
         this.#placeApt(ctx, cr3);
         return ctx;
       };
@@ -233,8 +250,12 @@ class EmulatedAttachment implements BackendAttachment {
       if (reason === ExitReason.IO && v.getUint16(KvmRun.io_port, true) === VMFUNC_TRAP_PORT && v.getUint8(KvmRun.io_direction) === IoDirection.OUT) {
         const rip = Number(v.getBigUint64(RIP, true));
         // KVM reports the OUT with RIP at the instruction (it skips it on the next run).
-        if (cur.sites.has(rip)) { this.#vmfunc(cur, BigInt(rip), 'site'); continue; }
-        if (cur.sites.has(rip - 2)) { this.#vmfunc(cur, BigInt(rip - 2), 'site'); continue; }
+        const site = cur.sites.has(rip) ? rip : cur.sites.has(rip - 2) ? rip - 2 : -1;
+        if (site >= 0) {
+          if (this.#timing) this.#timed(cur, BigInt(site));
+          else this.#vmfunc(cur, BigInt(site), 'site');
+          continue;
+        }
       } else if (reason === ExitReason.INTERNAL_ERROR && v.getUint32(KvmRun.internal_suberror, true) === InternalErrorSuberror.EMULATION) {
         const exit = cur.vcpu.lastExit();
         const bytes = exit.kind === 'internalError' ? exit.instructionBytes : undefined;
@@ -252,6 +273,17 @@ class EmulatedAttachment implements BackendAttachment {
       this.#dead = `guest vCPU 0 was terminated earlier: the ${cur.name} context stopped (${what})`;
       throw new ContextExitError(cur.name, 0, rip, what, this.#machine.console);
     }
+  }
+
+  /** #vmfunc with host-side timing (benchmarks). */
+  #timed(cur: Context, rip: bigint): void {
+    const t = this.#timing!;
+    const start = performance.now();
+    if (cur === this.#default) this.#tripStart = start;
+    this.#vmfunc(cur, rip, 'site');
+    const end = performance.now();
+    t.handling.push(end - start);
+    if (this.#current === this.#default && cur !== this.#default) t.trips.push(end - this.#tripStart);
   }
 
   /** Carries out one VMFUNC executed in `cur` at `rip`, with the CPU's semantics. */
@@ -288,13 +320,28 @@ class EmulatedAttachment implements BackendAttachment {
       }
     }
     if (target !== cur) {
-      cur.vcpu.copySyncedStateTo(target.vcpu);
+      this.#moveState(cur, target);
       if (this.#moveFpu) target.vcpu.setFpu(cur.vcpu.getFpu());
     }
     target.vcpu.sync.setReg('rip', rip + 3n);
     this.stats.switchesTo[target.name] = (this.stats.switchesTo[target.name] ?? 0) + 1;
     this.#trace?.push({ from: cur.name, to: target.name, rip, trap });
     this.#current = target;
+  }
+
+  /**
+   * Moves the architectural state from `from` to `to` through kvm_run: the general
+   * registers always; sregs and events only when they differ from what `to` holds
+   * (its kvm_run copy is its current state: stored at its last exit or written since),
+   * because loading sregs makes KVM re-validate segments and control registers.
+   */
+  #moveState(from: Context, to: Context): void {
+    to.regs.set(from.regs);
+    let dirty = SyncRegs.REGS;
+    if (!from.sregs.equals(to.sregs)) { to.sregs.set(from.sregs); dirty |= SyncRegs.SREGS; this.stats.stateMoves.sregs++; }
+    if (!from.events.equals(to.events)) { to.events.set(from.events); dirty |= SyncRegs.EVENTS; this.stats.stateMoves.events++; }
+    to.vcpu.sync.markValid(SyncRegs.REGS | SyncRegs.SREGS | SyncRegs.EVENTS);
+    to.vcpu.sync.markDirty(dirty);
   }
 
   dispose(): void {

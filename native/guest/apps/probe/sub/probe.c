@@ -8,3 +8,5 @@ volatile u64 probe_unmapped = 0x8;
 u64 probe_fault(void) { return *(volatile u64 *)probe_unmapped; }
 /* Never returns: the run's timeout must catch the guest inside the sub context. */
 u64 probe_spin(void) { for (;;) __asm__ volatile(""); }
+/* Returns the low 64 bits of xmm0 as this context sees them (FPU/SSE state tests). */
+u64 probe_xmm0(void) { u64 v; __asm__ volatile("movq %%xmm0, %0" : "=r"(v)); return v; }
