@@ -192,6 +192,36 @@ describe('emulated backend: apps, security and failures', function () {
     } finally { guest.dispose(); }
   });
 
+  describe('on a host whose CPU raises #UD for VMFUNC (simulated: the #UD is injected instead of handled)', () => {
+    it('a foreign VMFUNC(0,511) is recognised by its #UD report and carried out: jump-into-gate still ends in -1', () => {
+      const guest = GuestMachine.create('probe');
+      const att = manager.attach(guest, { program: 'sub/probe', simulateUdHost: true });
+      const gate = att.contexts.dataPages.gateCode.bytes;
+      let recheck = -1;
+      for (let i = 1; i + 1 < gate.length; i++) if (gate[i] === 0x48 && gate[i + 1] === 0xb8) { recheck = i; break; }
+      setGuestU64(guest, 'probe_mode', 4n);
+      setGuestU64(guest, 'probe_arg', att.contexts.gva + BigInt(recheck));
+      try {
+        expect(guest.run().result).to.equal(MINUS_ONE);
+        expect(att.stats.switchesTo).to.deep.equal({ default: 1, gate: 1, sub: 0 });
+        expect(att.contexts.eptpList.get(1)).to.equal(0n);
+      } finally { guest.dispose(); }
+    });
+
+    it('a VMFUNC that must fail leaves the guest its #UD, recorded as such', () => {
+      const guest = GuestMachine.create('probe');
+      const att = manager.attach(guest, { program: 'sub/probe', simulateUdHost: true });
+      setGuestU64(guest, 'probe_mode', 2n);
+      try {
+        const err = expectThrows(() => guest.run(), GuestFault);
+        expect(err.vector).to.equal(6);
+        expect(err.rip).to.equal(guest.symbol('probe_vmfunc_site'));
+        expect(att.stats.failures).to.have.length(1);
+        expect(att.stats.failures[0]).to.include({ from: 'default', trap: 'ud' });
+      } finally { guest.dispose(); }
+    });
+  });
+
   it('FPU/SSE state stays per context by default and moves with every switch under moveFpu', function () {
     const value = 0x1234_5678_9abc_def0n;
     for (const moveFpu of [false, true]) {

@@ -28,8 +28,11 @@ export interface VmfuncEvent {
   to?: string;
   /** Guest-virtual address of the VMFUNC. */
   rip: bigint;
-  /** How it was trapped: a rewritten site (port I/O) or a foreign VMFUNC (emulation failure). */
-  trap: 'site' | 'foreign';
+  /**
+   * How it was trapped: a rewritten site (port I/O), a foreign VMFUNC ending KVM_RUN as an
+   * emulation failure, or a VMFUNC that raised #UD in the guest (reported by its IDT stubs).
+   */
+  trap: 'site' | 'foreign' | 'ud';
   /** Why it failed (#UD injected), if it did. */
   failure?: string;
 }
@@ -64,6 +67,12 @@ export interface AttachOptions {
   moveFpu?: boolean;
   /** Record every VMFUNC in `trace` (slow; for tests). */
   trace?: VmfuncEvent[];
+  /**
+   * Tests only: behave like a host whose CPU raises #UD for VMFUNC (instead of ending
+   * KVM_RUN with an emulation failure): a foreign VMFUNC's #UD is injected into the guest,
+   * so its exception report reaches the backend's #UD path.
+   */
+  simulateUdHost?: boolean;
   /** Host-side timing (benchmarks): filled while the guest runs. */
   timing?: SwitchTiming;
 }

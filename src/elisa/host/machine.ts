@@ -9,7 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { Cap, ExitReason, GuestMemory, InternalErrorSuberror, IoDirection, Kvm, SyncRegs, type Exit, type Vcpu, type Vm } from '../../kvm';
 import { parseElf, loadSegments, type ElfImage } from '../../x86/elf';
-import { decodeReport } from '../../x86/exceptions';
+import { decodeReport, type ExceptionReport } from '../../x86/exceptions';
 import {
   GuestAssertionError, GuestError, GuestFault, GuestShutdown, GuestTimeout, GuestUnexpectedExit, type GuestRegisters,
 } from '../../x86/errors';
@@ -82,6 +82,7 @@ export class GuestMachine implements Disposable {
   readonly loaded: readonly { start: number; end: number }[];
   readonly #ownKvm: boolean;
   #executor: VcpuExecutor | undefined;
+  #invalidOpcode: ((report: ExceptionReport) => boolean) | undefined;
   #console = '';
   #disposed = false;
   #onDispose: (() => void)[] = [];
@@ -147,6 +148,13 @@ export class GuestMachine implements Disposable {
   /** Hands the vCPU's execution to a backend (undefined: plain KVM_RUN). */
   setExecutor(executor: VcpuExecutor | undefined): void { this.#executor = executor; }
 
+  /**
+   * Lets a backend look at every #UD the guest's exception stubs report before it becomes
+   * a GuestFault: on hosts where VMFUNC raises #UD, the backend carries the VMFUNC out
+   * and returns true (the run continues).
+   */
+  setInvalidOpcodeHandler(handler: ((report: ExceptionReport) => boolean) | undefined): void { this.#invalidOpcode = handler; }
+
   /** Registers a clean-up to run (first) when the machine is disposed. */
   onDispose(fn: () => void): void { this.#onDispose.push(fn); }
 
@@ -196,6 +204,7 @@ export class GuestMachine implements Disposable {
               }
               case GuestPort.exception: {
                 const report = decodeReport(new DataView(this.memory.buffer), exceptionAreaGpa(0));
+                if (report.vector === 6 && this.#invalidOpcode?.(report)) continue;
                 const sym = this.image.symbols.containing(Number(report.rip));
                 throw new GuestFault(report, this.#console, sym?.name);
               }

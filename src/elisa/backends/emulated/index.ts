@@ -24,6 +24,7 @@ import { encodeEptp } from '../../ept';
 import { ADDRESS_MASK, EPT } from '../../flags';
 import type { PhysPage } from '../../memory';
 import { describeGuestExit, GuestError, type GuestMachine } from '../../host/machine';
+import type { ExceptionReport } from '../../../x86/exceptions';
 import type {
   AttachmentStats, AttachOptions, Backend, BackendAttachment, ManagerMemory, SwitchTiming, VmfuncEvent,
 } from '../backend';
@@ -163,6 +164,8 @@ class EmulatedAttachment implements BackendAttachment {
   readonly #moveFpu: boolean;
   readonly #trace: VmfuncEvent[] | undefined;
   readonly #timing: SwitchTiming | undefined;
+  readonly #simulateUd: boolean;
+  #ownUd: bigint | undefined;
   #tripStart = 0;
   #current: Context;
   #dead: string | undefined;
@@ -174,6 +177,7 @@ class EmulatedAttachment implements BackendAttachment {
     this.#moveFpu = options.moveFpu ?? false;
     this.#trace = options.trace;
     this.#timing = options.timing;
+    this.#simulateUd = options.simulateUdHost ?? false;
     const list = contexts.dataPages.list.bytes;
     this.#list = new DataView(list.buffer, list.byteOffset, list.byteLength);
     const guestVcpu = machine.vcpu;
@@ -221,6 +225,37 @@ class EmulatedAttachment implements BackendAttachment {
     this.#byEptp.set(contexts.sub.eptp, this.#sub);
     contexts.eptpList.set(0, defaultEptp);
     machine.setExecutor((remaining) => this.#execute(remaining));
+    machine.setInvalidOpcodeHandler((report) => this.#onInvalidOpcode(report));
+  }
+
+  /**
+   * The #UD path (hosts whose CPU raises #UD for VMFUNC): the guest's exception stubs
+   * reported a #UD in the default context. If the bytes at RIP are VMFUNC, undo the
+   * exception delivery (registers, RSP, RIP, RFLAGS as the report recorded them before
+   * the stub ran) and carry the VMFUNC out. A VMFUNC that must fail is left to the
+   * guest's #UD, which is then exactly what the hardware would have raised.
+   */
+  #onInvalidOpcode(report: ExceptionReport): boolean {
+    if (this.#current !== this.#default || this.#dead) return false;
+    // A #UD this backend injected itself (a failed VMFUNC) is the guest's to keep.
+    if (this.#ownUd === report.rip) { this.#ownUd = undefined; return false; }
+    const rip = report.rip;
+    let bytes: Uint8Array | undefined;
+    const mem = this.#machine.memory;
+    if (rip + 3n <= BigInt(mem.size)) bytes = mem.bytes(Number(rip), 3); // identity-mapped guest RAM
+    if (!bytes || bytes[0] !== 0x0f || bytes[1] !== 0x01 || bytes[2] !== 0xd4) return false;
+    const r = report.registers;
+    this.#default.vcpu.sync.regs = { rax: r.rax, rbx: r.rbx, rcx: r.rcx, rdx: r.rdx, rsi: r.rsi, rdi: r.rdi, rsp: r.rsp, rbp: r.rbp,
+      r8: r.r8, r9: r.r9, r10: r.r10, r11: r.r11, r12: r.r12, r13: r.r13, r14: r.r14, r15: r.r15, rip, rflags: report.rflags };
+    return this.#vmfunc(this.#default, rip, 'ud', false);
+  }
+
+  /** Raises #UD in `ctx` at `rip` (as KVM does when a VMFUNC fails; `own` false: simulating a #UD-raising CPU). */
+  #injectUd(ctx: Context, rip: bigint, own = true): void {
+    if (own) this.#ownUd = rip;
+    ctx.vcpu.sync.setReg('rip', rip);
+    const events = ctx.vcpu.sync.events;
+    ctx.vcpu.sync.events = { ...events, exception: { injected: true, nr: UD_VECTOR, hasErrorCode: false, pending: false, errorCode: 0 } };
   }
 
   get currentContext(): string { return this.#current.name; }
@@ -260,7 +295,8 @@ class EmulatedAttachment implements BackendAttachment {
         const exit = cur.vcpu.lastExit();
         const bytes = exit.kind === 'internalError' ? exit.instructionBytes : undefined;
         if (bytes && bytes.length >= 3 && bytes[0] === 0x0f && bytes[1] === 0x01 && bytes[2] === 0xd4) {
-          this.#vmfunc(cur, v.getBigUint64(RIP, true), 'foreign');
+          if (this.#simulateUd && cur === this.#default) this.#injectUd(cur, v.getBigUint64(RIP, true), false);
+          else this.#vmfunc(cur, v.getBigUint64(RIP, true), 'foreign');
           continue;
         }
       }
@@ -286,8 +322,11 @@ class EmulatedAttachment implements BackendAttachment {
     if (this.#current === this.#default && cur !== this.#default) t.trips.push(end - this.#tripStart);
   }
 
-  /** Carries out one VMFUNC executed in `cur` at `rip`, with the CPU's semantics. */
-  #vmfunc(cur: Context, rip: bigint, trap: 'site' | 'foreign'): void {
+  /**
+   * Carries out one VMFUNC executed in `cur` at `rip`, with the CPU's semantics. On
+   * failure injects #UD (unless `injectOnFailure` is false) and returns false.
+   */
+  #vmfunc(cur: Context, rip: bigint, trap: VmfuncEvent['trap'], injectOnFailure = true): boolean {
     const v = cur.view;
     const eax = Number(v.getBigUint64(RAX, true) & 0xffffffffn);
     const ecx = Number(v.getBigUint64(RCX, true) & 0xffffffffn);
@@ -306,10 +345,8 @@ class EmulatedAttachment implements BackendAttachment {
       this.stats.failures.push(ev);
       this.#trace?.push(ev);
       // VMFUNC failed: KVM injects #UD with RIP at the VMFUNC.
-      cur.vcpu.sync.setReg('rip', rip);
-      const events = cur.vcpu.sync.events;
-      cur.vcpu.sync.events = { ...events, exception: { injected: true, nr: UD_VECTOR, hasErrorCode: false, pending: false, errorCode: 0 } };
-      return;
+      if (injectOnFailure) this.#injectUd(cur, rip);
+      return false;
     }
     if (cur === this.#default) {
       const cr3 = v.getBigUint64(CR3, true) & ADDRESS_MASK;
@@ -327,6 +364,7 @@ class EmulatedAttachment implements BackendAttachment {
     this.stats.switchesTo[target.name] = (this.stats.switchesTo[target.name] ?? 0) + 1;
     this.#trace?.push({ from: cur.name, to: target.name, rip, trap });
     this.#current = target;
+    return true;
   }
 
   /**
@@ -348,6 +386,7 @@ class EmulatedAttachment implements BackendAttachment {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#machine.setExecutor(undefined);
+    this.#machine.setInvalidOpcodeHandler(undefined);
     this.#gate.vm.dispose();
     this.#sub.vm.dispose();
     this.#manager.allocator.free(this.#defaultRoot);
