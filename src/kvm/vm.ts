@@ -64,6 +64,8 @@ export class Vm implements Disposable, MemoryUser {
   readonly #onDispose: () => void;
   readonly #slots = new Map<number, MemoryRegionInfo>();
   readonly #vcpus = new Map<number, Vcpu>();
+  /** Every id ever created: KVM keeps a vCPU until the VM is destroyed, even after its fd is closed. */
+  readonly #usedVcpuIds = new Set<number>();
   #maxSlots = 0;
   /** Process-wide number of this VM, for messages ("Vm 3"). */
   readonly number = nextVmNumber++;
@@ -207,11 +209,15 @@ export class Vm implements Disposable, MemoryUser {
   /** The vCPUs created and not disposed, by id. */
   get vcpus(): readonly Vcpu[] { return [...this.#vcpus.values()]; }
 
-  /** KVM_CREATE_VCPU with APIC id `id`; maps its kvm_run. */
-  createVcpu(id = this.#vcpus.size): Vcpu {
+  /** KVM_CREATE_VCPU with APIC id `id` (default: the lowest unused); maps its kvm_run. */
+  createVcpu(id?: number): Vcpu {
     const fd = this.fd;
+    if (id === undefined) for (id = 0; this.#usedVcpuIds.has(id);) id++;
     if (!Number.isInteger(id) || id < 0) throw new RangeError(`vCPU id must be a non-negative integer, got ${id}`);
     if (this.#vcpus.has(id)) throw new Error(`Vm ${this.number} already has a vCPU ${id}`);
+    if (this.#usedVcpuIds.has(id)) {
+      throw new Error(`Vm ${this.number} already created vCPU ${id} (disposed, but KVM keeps vCPUs until the VM is destroyed): use another id`);
+    }
     const vcpuFd = native.createVcpu(fd, id);
     let vcpu: Vcpu;
     try {
@@ -221,6 +227,7 @@ export class Vm implements Disposable, MemoryUser {
       throw err;
     }
     this.#vcpus.set(id, vcpu);
+    this.#usedVcpuIds.add(id);
     return vcpu;
   }
 

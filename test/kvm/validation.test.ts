@@ -143,3 +143,31 @@ describe('validation and errors', function () {
     expect(() => vcpu.setGuestDebug({ control: 0x8 })).to.throw(RangeError, /unknown control bits 0x8/);
   });
 });
+
+describe('VM setup calls', function () {
+  before(function () { requireKvm(this); });
+
+  it('vCPU ids: default is the lowest never used; a disposed id cannot be reused (KVM keeps the vCPU)', function () {
+    using kvm = Kvm.open();
+    using vm = kvm.createVm();
+    const a = vm.createVcpu();
+    const b = vm.createVcpu();
+    expect([a.id, b.id]).to.deep.equal([0, 1]);
+    a.dispose();
+    expect(() => vm.createVcpu(0)).to.throw(/already created vCPU 0 \(disposed, but KVM keeps vCPUs/);
+    expect(vm.createVcpu().id).to.equal(2);
+    expect(vm.vcpus.map((v) => v.id)).to.deep.equal([1, 2]);
+    expect(() => vm.createVcpu(-1)).to.throw(RangeError, /non-negative integer/);
+  });
+
+  it('KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR and a vCPU KVM_ENABLE_CAP reach KVM (errors come back as KvmError)', function () {
+    using kvm = Kvm.open();
+    using vm = kvm.createVm();
+    vm.setIdentityMapAddr(0xfffbc000);
+    vm.setTssAddr(0xfffbd000);
+    const vcpu = vm.createVcpu();
+    // KVM refuses the identity map address once a vCPU exists.
+    expect(() => vm.setIdentityMapAddr(0xfffbc000)).to.throw(KvmError).with.property('ioctl', 'KVM_SET_IDENTITY_MAP_ADDR');
+    expect(() => vcpu.enableCap(Cap.S390_CSS_SUPPORT)).to.throw(KvmError).with.property('ioctl', 'KVM_ENABLE_CAP');
+  });
+});
