@@ -2,8 +2,10 @@
 import type { CliCommand } from '../command';
 import { doctor } from './doctor';
 import { execCommand } from './exec';
+import { inspect } from './inspect';
 
 export const commands: CliCommand[] = [
   doctor,
   execCommand,
+  inspect,
 ];
