@@ -108,6 +108,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       InstanceMethod<&VcpuRunner::LastCause>("lastInterruptCause"),
       InstanceMethod<&VcpuRunner::IsRunning>("isRunning"),
       InstanceMethod<&VcpuRunner::Close>("close"),
+      InstanceMethod<&VcpuRunner::RunLoop>("runLoop"),
     });
   }
 
@@ -246,6 +247,24 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     run_->immediate_exit = 1;
     if (workerInRun_) pthread_kill(workerThread_, kKickSignal);
     return true;
+  }
+
+  // runLoop(n, expectedExitReason): n KVM_RUNs back to back in C++, stopping at
+  // the first other exit. For bench/exit.ts: the cost of KVM_RUN itself inside
+  // this process, to separate it from the cost of crossing into JS.
+  // Returns how many runs ended with the expected reason.
+  Napi::Value RunLoop(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    if (pending_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
+    uint32_t n = ArgU32(info, 0, "n");
+    uint32_t expected = ArgU32(info, 1, "expectedExitReason");
+    uint32_t i = 0;
+    for (; i < n; i++) {
+      if (ioctl(fd_, KVM_RUN, 0) < 0) ThrowIoctlError(env, "KVM_RUN", errno);
+      if (run_->exit_reason != expected) break;
+    }
+    return Napi::Number::New(env, i);
   }
 
   Napi::Value Kick(const Napi::CallbackInfo& info) {

@@ -240,6 +240,18 @@ export class Vcpu implements Disposable {
     return reason;
   }
 
+  /**
+   * `count` KVM_RUNs back to back inside the addon (no JS between them, no
+   * timeout), stopping at the first exit other than `expected`. A measuring
+   * instrument for benchmarks, not a way to drive guests. Returns how many runs
+   * ended with `expected`; lastExit() describes the last one.
+   */
+  runLoop(count: number, expected: ExitReason): number {
+    const n = this.#live().runLoop(count, expected);
+    this.sync.afterRun();
+    return n;
+  }
+
   /** One KVM_RUN on the calling thread (blocks it), decoded. */
   run(options?: RunOptions): Exit {
     this.runRaw(timeoutArg(options));
