@@ -56,6 +56,14 @@ void InstallSignalHandler() {
   sigaction(kKickSignal, &sa, nullptr);
 }
 
+// A thread that runs vCPUs must be able to receive the kick signal.
+void UnblockKickSignal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, kKickSignal);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+}
+
 pid_t GetTid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
 
 // A one-shot timer that delivers kKickSignal to one thread.
@@ -204,6 +212,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void WorkerLoop() {
     ThreadTimer timer;
     tls.run = nullptr;  // touch the TLS block before any signal can arrive
+    UnblockKickSignal();
     std::unique_lock<std::mutex> g(mu_);
     for (;;) {
       cv_.wait(g, [this] { return jobPending_ || stopping_; });
@@ -353,6 +362,8 @@ Napi::Value CopySyncRegs(const Napi::CallbackInfo& info) {
 
 void InitRunner(Napi::Env env, Napi::Object exports) {
   InstallSignalHandler();
+  tls.run = nullptr;  // the JS thread runs vCPUs synchronously: touch its TLS block
+  UnblockKickSignal();
   exports.Set("VcpuRunner", VcpuRunner::Define(env));
   exports.Set("copySyncRegs", Napi::Function::New(env, CopySyncRegs));
   exports.Set("kickSignal", Napi::Number::New(env, kKickSignal));

@@ -91,7 +91,10 @@ export class Vcpu implements Disposable {
    * A DataView over this vCPU's kvm_run mapping (no copy). Valid until dispose(),
    * which detaches it. Offsets: src/kvm/layout.ts (KvmRun).
    */
-  get runView(): DataView { this.fd; return this.#runView; }
+  get runView(): DataView {
+    if (this.#runner === undefined) throw new DisposedError(`Vcpu ${this.id}`);
+    return this.#runView;
+  }
 
   #struct(size: number): Uint8Array { return this.#scratch.subarray(0, size); }
 
