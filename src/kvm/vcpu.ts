@@ -91,7 +91,10 @@ export class Vcpu implements Disposable {
    * A DataView over this vCPU's kvm_run mapping (no copy). Valid until dispose(),
    * which detaches it. Offsets: src/kvm/layout.ts (KvmRun).
    */
-  get runView(): DataView { this.fd; return this.#runView; }
+  get runView(): DataView {
+    if (this.#runner === undefined) throw new DisposedError(`Vcpu ${this.id}`);
+    return this.#runView;
+  }
 
   #struct(size: number): Uint8Array { return this.#scratch.subarray(0, size); }
 
@@ -238,6 +241,18 @@ export class Vcpu implements Disposable {
     const reason = this.#live().runSync(timeoutMs);
     this.sync.afterRun();
     return reason;
+  }
+
+  /**
+   * `count` KVM_RUNs back to back inside the addon (no JS between them, no
+   * timeout), stopping at the first exit other than `expected`. A measuring
+   * instrument for benchmarks, not a way to drive guests. Returns how many runs
+   * ended with `expected`; lastExit() describes the last one.
+   */
+  runLoop(count: number, expected: ExitReason): number {
+    const n = this.#live().runLoop(count, expected);
+    this.sync.afterRun();
+    return n;
   }
 
   /** One KVM_RUN on the calling thread (blocks it), decoded. */
