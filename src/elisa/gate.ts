@@ -433,7 +433,7 @@ function generateGatePage(mid: bigint, subEptp: bigint, list: bigint, stackTop: 
   a.jcc(Cond.NE, invalid, 'near');
   // PUSHFQ needs a stack, and the guest's is not mapped here: borrow the gate stack.
   a.mov(rcx, rsp);
-  a.movabs(rsp, stackTop);
+  a.movabs(rsp, BigInt.asUintN(64, stackTop)); // a top of 2^64 is RSP = 0: pushes wrap, as on the CPU
   a.pushfq();
   a.pop(rax);
   a.mov(rsp, rcx);
@@ -496,7 +496,7 @@ export function buildSubCodePage(params: SubCodeParams): GeneratedPage {
   a.bind(a.label(LABEL_SUB_ENTRY));
   a.mov(qword(slot1), 0); // first thing: the sub context cannot be re-entered without the gate
   a.mov(rax, rsp); // the guest's RSP, meaningless here, restored for the return path
-  a.movabs(rsp, stackTop);
+  a.movabs(rsp, BigInt.asUintN(64, stackTop));
   a.push(rax);
   a.push(rbp);
   a.mov(rbp, rsp);
@@ -600,6 +600,33 @@ export function libelisaLayout(middleGva: bigint, subStackSize = 8n << 20n, vaBi
   checkRange('gate stack', mid + 2n * page, gateStackTop - 1n, bits);
   checkRange('sub stack', mid + 2n * page, subStackTop - 1n, bits);
   return { middleGva: mid, gateEptpListGva: mid + page, subEptpListGva: mid + page, gateStackTop, subStackTop, vaBits: bits };
+}
+
+// ------------------------------------------------------------------ for backends without VMFUNC
+
+/** Bytes that replace a VMFUNC in {@link trapVmfuncs}: `nop; out imm8, al`. */
+export function vmfuncTrapBytes(port: number): number[] {
+  if (!Number.isInteger(port) || port < 0 || port > 255) throw new GateError(`trap port ${port} does not fit in an imm8`);
+  return [0x90, 0xe6, port];
+}
+
+/**
+ * A copy of `page` in which every VMFUNC site is replaced by `nop; out port, al`
+ * (90 e6 port), for a backend that realises EPTP switching by trapping. The OUT comes
+ * last so that it ends exactly where VMFUNC ended: once the backend completes the port
+ * write and switches contexts, execution continues at the same next instruction (for
+ * the page-ending sites, at the start of the following page in the new context). AL is
+ * 0 at every generated site (EAX = 0 for VMFUNC leaf 0); the backend reads ECX for the
+ * list index. Throws if a site does not hold a VMFUNC.
+ */
+export function trapVmfuncs(page: GeneratedPage, port: number): Uint8Array {
+  const trap = vmfuncTrapBytes(port);
+  const out = Uint8Array.from(page.bytes);
+  for (const v of page.vmfuncs) {
+    expectBytes(page, v.offset, VMFUNC_BYTES, `VMFUNC site at ${hex(v.offset)} to trap`);
+    out.set(trap, v.offset);
+  }
+  return out;
 }
 
 // ------------------------------------------------------------------ layout constants

@@ -5,6 +5,7 @@ import { expect } from 'chai';
 import fc from 'fast-check';
 import {
   buildEntryPages, buildGateCodePage, buildGatePages, buildSubCodePage, libelisaLayout, checkEptp, verifyGatePages,
+  trapVmfuncs,
   GATE_ENTRY_OFFSET, SUB_ENTRY_OFFSET, RETURN_OFFSET, PAGE_SIZE,
   EPTP_SLOT_DEFAULT, EPTP_SLOT_SUB, EPTP_SLOT_GATE, GateError,
   type GatePages, type GatePagesParams, type GeneratedPage,
@@ -269,6 +270,29 @@ describe('ELISA gate pages', function () {
   });
 });
 
+describe('ELISA gate pages: VMFUNC sites rewritten into port-I/O traps', function () {
+  it('each VMFUNC becomes nop; out port,al ending at the same byte; nothing else changes', function () {
+    const pages = buildGatePages({ ...libelisaLayout(0x2000_0000n), subEptp: WB4(0x5000n), entry: 0x3000n });
+    const order = ['top', 'bottom', 'gate', 'sub'] as const;
+    const trapped = order.map((k) => ({ bytes: trapVmfuncs(pages[k], 0xe1), gva: pages[k].gva }));
+    const dis = disassembleMany(trapped, { skipInt3: true });
+    order.forEach((k, i) => {
+      const lines = dis[i]!;
+      expect(lines.some((l) => l.text === 'vmfunc'), `${k}: no VMFUNC left`).to.equal(false);
+      const sites = pages[k].vmfuncs.map((v) => v.offset);
+      for (const o of sites) {
+        expect(lines.find((l) => l.offset === o)?.text, `${k}@${o}`).to.equal('nop');
+        expect(lines.find((l) => l.offset === o + 1)?.text, `${k}@${o + 1}`).to.equal('out 0xe1,al');
+      }
+      const changed = Array.from(trapped[i]!.bytes).flatMap((b, j) => (b !== pages[k].bytes[j] ? [j] : []));
+      expect(changed, k).to.deep.equal(sites.flatMap((o) => [o, o + 1, o + 2]));
+    });
+    expect(() => trapVmfuncs(pages.top, 256)).to.throw(GateError, /trap port 256 does not fit in an imm8/);
+    const notVmfunc = { ...pages.sub, bytes: Uint8Array.from(pages.sub.bytes).fill(0x90, PAGE_SIZE - 3) };
+    expect(() => trapVmfuncs(notVmfunc, 1)).to.throw(GateError, /VMFUNC site at 0xffd to trap: at offset 0xffd expected \[0f 01 d4\], found \[90 90 90\]/);
+  });
+});
+
 describe('ELISA gate pages: bad parameters are refused with a clear error', function () {
   const mid = 0x7f00_0000_0000n;
   const good: GatePagesParams = { ...libelisaLayout(mid), subEptp: WB4(0x1000n), entry: 0x40_0000n };
@@ -325,6 +349,10 @@ describe('ELISA gate pages: bad parameters are refused with a clear error', func
     // a stack ending exactly at the top of the lower half is fine (pushes write below it)
     const edge = buildGatePages({ ...good, subStackTop: 1n << 47n });
     expect(edge.sub.bytes.length).to.equal(PAGE_SIZE);
+    // and one ending at 2^64 (the last page of the upper half) is RSP = 0, which wraps on push
+    const wrap = buildGatePages({ ...good, gateStackTop: 1n << 64n });
+    const movabsRsp = wrap.gate.bytes.findIndex((b, i) => b === 0x48 && wrap.gate.bytes[i + 1] === 0xbc);
+    expect(Array.from(wrap.gate.bytes.subarray(movabsRsp + 2, movabsRsp + 10))).to.deep.equal([0, 0, 0, 0, 0, 0, 0, 0]);
   });
 
   it('entry: non-canonical', function () {
