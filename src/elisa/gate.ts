@@ -29,7 +29,7 @@
  *   reach the sub context: it runs on its own stack and cannot see the guest's.
  * - Out: RAX = the entry function's return value, or -1 when the gate refused
  *   (interrupts enabled, or slot 1 did not hold the sub EPTP after writing it).
- * - Preserved: RBX, RBP, R12 (saved on the guest stack, 24 bytes plus the return
+ * - Preserved: RBX, RBP, R12 (saved on the guest stack: 32 bytes with the return
  *   address), RSP, and R13–R15 as long as the entry function follows System V.
  *   Clobbered: RAX, RCX, RDX, RSI, RDI, R8–R11, RFLAGS arithmetic flags.
  * - Interrupts MUST be off (RFLAGS.IF = 0) for the whole trip: an interrupt in the gate
@@ -44,7 +44,10 @@
  * write an arbitrary EPTP into an arbitrary slot), every store of slot 1 is followed by
  * a re-check against an immediate, and the sub context clears slot 1 as its very first
  * instruction. The gate code reads no data from its own page: code pages may be mapped
- * execute-only in the EPT.
+ * execute-only in the EPT. An immediate may happen to contain VMFUNC's bytes (a sub EPTP
+ * of 0x..d4010f..); entering there runs a VMFUNC with the guest's own EAX/ECX, which
+ * reaches nothing the guest could not reach anyway (test/elisa/gate-model.test.ts
+ * enters the gate page at every byte offset with such an EPTP).
  */
 import {
   Assembler, AsmError, Cond, qword, rip,
@@ -77,7 +80,7 @@ export class GateError extends Error {
 export type VaBits = 48 | 57;
 
 /** A VMFUNC instruction in a generated page. */
-export interface VmfuncSite {
+export interface PageVmfunc {
   /** Offset of the instruction's first byte within the page. */
   readonly offset: number;
   /** Its guest-virtual address. */
@@ -97,7 +100,7 @@ export interface GeneratedPage {
   /** Offsets of the named positions (see the `*_LABEL` names in the generators). */
   readonly labels: ReadonlyMap<string, number>;
   /** Every VMFUNC in the page, in address order (for backends that trap or rewrite them). */
-  readonly vmfuncs: readonly VmfuncSite[];
+  readonly vmfuncs: readonly PageVmfunc[];
 }
 
 /** Parameters of the default-context pages. */
@@ -109,7 +112,7 @@ export interface EntryPagesParams {
 }
 
 /** Parameters of the gate code page. */
-export interface GateCodeParams {
+export interface GatePageParams {
   /** Page-aligned GVA of the middle page (where the gate code is mapped in the gate context). */
   readonly middleGva: bigint;
   /** The EPTP of the sub context, written into slot 1. */
@@ -123,7 +126,7 @@ export interface GateCodeParams {
 }
 
 /** Parameters of the sub code page. */
-export interface SubCodeParams {
+export interface SubPageParams {
   /** Page-aligned GVA of the middle page (where the sub code is mapped in the sub context). */
   readonly middleGva: bigint;
   /** Page-aligned GVA of the EPTP list page as mapped (writable) in the sub context. */
@@ -297,7 +300,7 @@ function finish(role: GeneratedPage['role'], gva: bigint, a: Assembler, slots: R
   if (out.bytes.length !== PAGE_SIZE) {
     throw new GateError(`${role} page: generated ${out.bytes.length} bytes instead of exactly ${PAGE_SIZE}`);
   }
-  const vmfuncs: VmfuncSite[] = [];
+  const vmfuncs: PageVmfunc[] = [];
   for (const [label, slot] of slots) {
     const offset = out.labels.get(label);
     if (offset === undefined) throw new GateError(`${role} page: internal label ${label} missing`);
@@ -401,7 +404,7 @@ function checkEntryPages(top: GeneratedPage, bottom: GeneratedPage): void {
  * The invalid-attempt path (slot check failed or IF = 1) clears slot 1, sets RBX = -1
  * and ends the page with VMFUNC(0, 0), so it lands on the bottom page's return path.
  */
-export function buildGateCodePage(params: GateCodeParams): GeneratedPage {
+export function buildGateCodePage(params: GatePageParams): GeneratedPage {
   const vaBits = checkVaBits(params.vaBits);
   const mid = checkMiddle(params.middleGva, vaBits);
   const subEptp = checkEptp('subEptp', params.subEptp);
@@ -479,7 +482,7 @@ function checkGatePage(page: GeneratedPage, list: bigint): void {
  * registers, keep the result in RBX, restore RSP, and end the page with VMFUNC(0,0) so
  * execution continues at the bottom page's return path.
  */
-export function buildSubCodePage(params: SubCodeParams): GeneratedPage {
+export function buildSubCodePage(params: SubPageParams): GeneratedPage {
   const vaBits = checkVaBits(params.vaBits);
   const mid = checkMiddle(params.middleGva, vaBits);
   const list = checkPageGva('eptpListGva', params.eptpListGva, vaBits);
