@@ -330,11 +330,16 @@ const regsArb = fc.array(u64, { minLength: 16, maxLength: 16 });
 describe('ELISA gate pages in a machine model (round trip, refusal, hostile entry)', function () {
   this.timeout(60_000);
 
-  const layouts = fc.record({
-    mid: fc.bigInt(0x10n, 0x7_ffff_f000n).map((k) => k << 12n),
-    root: fc.bigInt(1n, (1n << 40n) - 1n),
-    entry: fc.bigInt(0x1000n, 0x7fff_ffff_ffffn),
-  }).map(({ mid, root, entry }): GatePagesParams => ({ ...libelisaLayout(mid), subEptp: WB4(root << 12n), entry }));
+  // Middle pages anywhere in either canonical half, 4- or 5-level; entries anywhere canonical.
+  const layouts = fc
+    .record({ vaBits: fc.constantFrom<48 | 57>(48, 57), upper: fc.boolean(), frac: fc.bigInt(0n, (1n << 32n) - 1n), root: fc.bigInt(1n, (1n << 40n) - 1n), entry: u64 })
+    .map(({ vaBits, upper, frac, root, entry }): GatePagesParams => {
+      const half = 1n << BigInt(vaBits - 1);
+      const pages = half / 4096n - 0x1000n; // leave room for the 8 MiB sub stack above
+      const mid = (upper ? (1n << 64n) - half : 0n) + (1n + ((frac * pages) >> 32n)) * 4096n;
+      const canonicalEntry = BigInt.asUintN(64, BigInt.asIntN(vaBits, entry));
+      return { ...libelisaLayout(mid, 8n << 20n, vaBits), subEptp: WB4(root << 12n), entry: canonicalEntry };
+    });
 
   it('round trip: six arguments reach the entry, its result returns in RAX, callee-saved registers survive', function () {
     fc.assert(
