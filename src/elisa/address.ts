@@ -108,3 +108,13 @@ export function rangeIsCanonical(start: bigint, length: bigint, bits: number): b
   // Both ends canonical: they must be in the same half.
   return (start < lowerHalfEnd(bits)) === (last < lowerHalfEnd(bits));
 }
+
+/**
+ * MAXPHYADDR as CPUID leaf 0x80000008 reports it: EAX bits 7:0 (physical-address width).
+ * Throws for widths no x86-64 CPU reports (below 32 or above 52).
+ */
+export function maxPhysAddrFromCpuid(eax: number): number {
+  const bits = eax & 0xff;
+  if (bits < 32 || bits > 52) throw new RangeError(`CPUID 0x80000008 EAX ${hex(eax)}: physical-address width ${bits} is outside 32..52`);
+  return bits;
+}

@@ -99,3 +99,12 @@ describe('elisa encodings', () => {
     expect(() => new ArenaAllocator(1, 0x123n)).to.throw(/not a page-aligned/);
   });
 });
+
+describe('elisa MAXPHYADDR from CPUID', () => {
+  it('takes EAX bits 7:0 of leaf 0x80000008', async () => {
+    const { maxPhysAddrFromCpuid } = await import('../../src/elisa');
+    expect(maxPhysAddrFromCpuid(0x3030)).to.equal(48); // 48-bit physical, 48-bit linear
+    expect(maxPhysAddrFromCpuid(0x392e)).to.equal(46);
+    expect(() => maxPhysAddrFromCpuid(0x3040)).to.throw(/width 64 is outside 32..52/);
+  });
+});
