@@ -3,7 +3,7 @@
 import { expect } from 'chai';
 import {
   ArenaAllocator, decodeEptFlags, decodeEptp, decodePtFlags, encodeEptFlags, encodeEptp, encodePtFlags, EptpList,
-  OutOfMemoryError, type EptFlags, type MemoryType, type PtFlags,
+  OutOfMemoryError, maxPhysAddrFromCpuid, type EptFlags, type MemoryType, type PtFlags,
 } from '../../src/elisa';
 
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -101,8 +101,7 @@ describe('elisa encodings', () => {
 });
 
 describe('elisa MAXPHYADDR from CPUID', () => {
-  it('takes EAX bits 7:0 of leaf 0x80000008', async () => {
-    const { maxPhysAddrFromCpuid } = await import('../../src/elisa');
+  it('takes EAX bits 7:0 of leaf 0x80000008', () => {
     expect(maxPhysAddrFromCpuid(0x3030)).to.equal(48); // 48-bit physical, 48-bit linear
     expect(maxPhysAddrFromCpuid(0x392e)).to.equal(46);
     expect(() => maxPhysAddrFromCpuid(0x3040)).to.throw(/width 64 is outside 32..52/);
