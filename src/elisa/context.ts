@@ -173,7 +173,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
   const listGva = gva + PAGE_SIZE_N;
   const gateStackBase = rangeIsCanonical(gva + 2n * PAGE_SIZE_N, GATE_STACK_SIZE, bits) ? gva + 2n * PAGE_SIZE_N : gva - 2n * PAGE_SIZE_N;
   const subStack = placeSubStack(gva, subStackSize, bits);
-  const subStackPages = Number(subStackSize / PAGE_SIZE_N);
+  const subStackPageCount = Number(subStackSize / PAGE_SIZE_N);
   const stackGpaBase = baseGpa + 2n * PAGE_SIZE_N;
   const geometry = { ptLevels, eptLevels, maxPhysAddr, executeOnly: options.executeOnly ?? true };
 
@@ -218,8 +218,8 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     const gateCode = take();
     const subCode = take();
     const gateStack = [take()];
-    const subStack2: PhysPage[] = [];
-    for (let i = 0; i < subStackPages; i++) subStack2.push(take());
+    const subStackPages: PhysPage[] = [];
+    for (let i = 0; i < subStackPageCount; i++) subStackPages.push(take());
 
     const newContext = (name: 'gate' | 'sub') => {
       const pt = new GuestPageTable(allocator, { levels: ptLevels, maxPhysAddr });
@@ -256,7 +256,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     const sub = newContext('sub');
     sub.map('sub code', gva, baseGpa, subCode.address, 1, CODE_PT, CODE_EPT);
     sub.map('EPTP list', listGva, baseGpa + PAGE_SIZE_N, list.page.address, 1, DATA_PT, DATA_EPT);
-    subStack2.forEach((page, i) => sub.map(`sub stack page ${i}`, subStack.base + BigInt(i) * PAGE_SIZE_N, stackGpaBase + BigInt(i) * PAGE_SIZE_N, page.address, 1, DATA_PT, DATA_EPT));
+    subStackPages.forEach((page, i) => sub.map(`sub stack page ${i}`, subStack.base + BigInt(i) * PAGE_SIZE_N, stackGpaBase + BigInt(i) * PAGE_SIZE_N, page.address, 1, DATA_PT, DATA_EPT));
     appMaps.forEach((m, i) => sub.map(m.name ?? `application ${i}`, m.gva, m.gpa, m.physical, m.level, m.pt, m.ept));
     const subDesc = finish(sub);
 
@@ -304,7 +304,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
       vmfuncSites: code.vmfuncSites,
       ...(code.entryGva !== undefined ? { gateEntryGva: code.entryGva } : {}),
       stacks: { gate: { base: gateStackBase, top: gateStackBase + GATE_STACK_SIZE }, sub: { base: subStack.base, top: subStack.base + subStackSize, relocated: subStack.relocated } },
-      dataPages: { gateCode, subCode, list: list.page, gateStack, subStack: subStack2 },
+      dataPages: { gateCode, subCode, list: list.page, gateStack, subStack: subStackPages },
       describe,
       destroy,
     };

@@ -15,6 +15,8 @@ const EPT_KIND: TableKind = {
   inputName: 'GPA',
   outputName: 'HPA',
   tableBits: EPT.R | EPT.W | EPT.X | EPT.XU,
+  // With EPTP bit 6 the CPU sets A (bit 8) and D (bit 9) in entries it uses.
+  hardwareBits: EPT.A | EPT.D,
   // SDM: an EPT entry is present if any of bits 2:0 is set, or bit 10 under mode-based execute control.
   present: (entry) => (entry & (EPT.R | EPT.W | EPT.X | EPT.XU)) !== 0n,
   describe: (entry, leaf) => describeEptBits(entry, leaf),

@@ -11,6 +11,7 @@ const PT_KIND: TableKind = {
   outputName: 'GPA',
   // Non-leaf entries allow everything; the leaf (and any stricter level) decides.
   tableBits: PT.P | PT.W | PT.U,
+  hardwareBits: PT.A | PT.D,
   present: (entry) => (entry & PT.P) !== 0n,
   describe: (entry) => describePtBits(entry),
 };

@@ -19,6 +19,8 @@ export interface TableKind {
   readonly outputName: string;
   /** Bits of a non-leaf entry besides the address (the most permissive; leaves decide). */
   readonly tableBits: bigint;
+  /** Bits the CPU itself sets (accessed/dirty): ignored when comparing entries. */
+  readonly hardwareBits: bigint;
   /** Whether an entry is present. */
   present(entry: bigint): boolean;
   /** Text form of an entry's flags, for messages. */
@@ -138,7 +140,7 @@ export class RadixTable {
         const existingSize = levelSize(lvl);
         const base = entry & ADDRESS_MASK & ~(existingSize - 1n);
         const current = this.leafEntry(base + (input & (existingSize - 1n)), level, entry & ~ADDRESS_MASK & ~PS);
-        if (current === wanted) return; // already exactly this translation
+        if ((current & ~this.kind.hardwareBits) === (wanted & ~this.kind.hardwareBits)) return; // already exactly this translation
         if (!replace) this.conflict(input, level, lvl, entry);
         break;
       }
@@ -206,7 +208,7 @@ export class RadixTable {
 
   /** True if an entry maps nothing of its own (not present, or an APT chain entry). */
   protected isUnmapped(entry: bigint, level: number): boolean {
-    return !this.kind.present(entry) || (this.aptEntries !== undefined && entry === this.aptEntries[level]);
+    return !this.kind.present(entry) || (this.aptEntries !== undefined && (entry & ~this.kind.hardwareBits) === this.aptEntries[level]);
   }
 
   /** Visits every leaf in input-address order (inputs are sign-extension-free tree indexes). */
@@ -295,7 +297,7 @@ export class RadixTable {
     for (let i = 0; i < 512; i++) {
       const entry = node.view.getBigUint64(i * 8, true);
       if (!this.kind.present(entry)) node.view.setBigUint64(i * 8, apt[level]!, true);
-      else if (level > 1 && !(entry & PS) && entry !== apt[level]) this.fillEmpty(this.child(entry), level - 1);
+      else if (level > 1 && !(entry & PS) && (entry & ~this.kind.hardwareBits) !== apt[level]) this.fillEmpty(this.child(entry), level - 1);
     }
   }
 }

@@ -109,3 +109,29 @@ describe('elisa APT', () => {
       }), { numRuns: 15 });
   });
 });
+
+describe('elisa APT after the CPU ran', () => {
+  it('entries the CPU marked accessed/dirty still count as APT (empty) and as the same translation', () => {
+    const arena = new ArenaAllocator(64, 0x8000_0000n);
+    const pt = new GuestPageTable(arena, { levels: 4 });
+    const ept = new Ept(arena, { levels: 4 });
+    const data = arena.allocate();
+    ept.map(0x5000n, data.address, 1, { read: true, write: true });
+    ept.fillApt(pt.root.address);
+    const eptp = ept.eptp();
+    const view = new DataView(ept.root.bytes.buffer, ept.root.bytes.byteOffset, 4096);
+    // The CPU walked GPA 0x3_0000_0000_0000 (root index 96, an APT entry) and set A and D.
+    view.setBigUint64(96 * 8, view.getBigUint64(96 * 8, true) | (3n << 8n), true);
+    const page = arena.allocate();
+    ept.map(0x3000_0000_0000n, page.address, 1, { read: true });
+    const w = walkEpt(arena, eptp, 0x3000_0000_0010n);
+    expect(w.kind === 'ok' && w.hpa).to.equal(page.address + 0x10n);
+    const other = walkEpt(arena, eptp, 0x3000_0020_0000n);
+    expect(other.kind === 'ok' && other.hpa).to.equal(pt.root.address);
+    // A leaf with A/D set by the CPU: mapping it again identically is not a conflict.
+    const leafTable = ept.tablePages().find((p) => new DataView(p.bytes.buffer, p.bytes.byteOffset, 4096).getBigUint64(5 * 8, true) >> 12n === data.address >> 12n)!;
+    const lv = new DataView(leafTable.bytes.buffer, leafTable.bytes.byteOffset, 4096);
+    lv.setBigUint64(5 * 8, lv.getBigUint64(5 * 8, true) | (3n << 8n), true);
+    ept.map(0x5000n, data.address, 1, { read: true, write: true });
+  });
+});
