@@ -107,3 +107,14 @@ describe('elisa MAXPHYADDR from CPUID', () => {
     expect(() => maxPhysAddrFromCpuid(0x3040)).to.throw(/width 64 is outside 32..52/);
   });
 });
+
+describe('elisa arena over a supplied buffer', () => {
+  it('zeroes pages of a buffer it did not create, on first use too', () => {
+    const buffer = new ArrayBuffer(2 * 4096);
+    new Uint8Array(buffer).fill(0x5a);
+    const arena = new ArenaAllocator(2, 0x2000n, buffer);
+    expect(arena.allocate().bytes.every((b) => b === 0)).to.equal(true);
+    expect(new Uint8Array(buffer)[4096]).to.equal(0x5a); // untouched until handed out
+    expect(() => new ArenaAllocator(3, 0x2000n, buffer)).to.throw(/holds 8192 bytes, 3 pages need 12288/);
+  });
+});
