@@ -122,3 +122,30 @@ describe('elisa context builder', () => {
     expect(arena.stats().inUse).to.equal(0);
   });
 });
+
+describe('elisa EPT regions', () => {
+  it('merge contiguous leaves with equal rights, and cover exactly the mapped GPAs of a built sub context', () => {
+    const arena = new ArenaAllocator(2300, 0x1_0000_0000n);
+    const text = arena.allocate();
+    const ctx = buildContexts({
+      allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n,
+      maps: [{ source: { physical: text.address }, gva: 0x40_0000n, gpa: 0x4000_0000n, level: 1, pt: { user: true }, ept: { read: true, execute: true, userExecute: true } }],
+    });
+    const regions = ctx.sub.ept.regions();
+    // The 2048 stack pages were allocated in one run, so their GPAs and HPAs are both contiguous: one region.
+    const stack = regions.find((r) => r.gpa === (1n << 38n) + 0x2000n)!;
+    expect(stack.size).to.equal(8n << 20n);
+    expect(stack.hpa).to.equal(ctx.dataPages.subStack[0]!.address);
+    expect(stack.flags).to.deep.equal({ read: true, write: true, execute: false, userExecute: false, memoryType: 'WB', ignorePat: false });
+    // Every leaf is inside exactly one region, and the regions' total equals the leaves' total.
+    const leaves = ctx.sub.ept.leaves();
+    const total = leaves.reduce((a, l) => a + (1n << BigInt(12 + 9 * (l.level - 1))), 0n);
+    expect(regions.reduce((a, r) => a + r.size, 0n)).to.equal(total);
+    for (const l of leaves) expect(regions.filter((r) => l.gpa >= r.gpa && l.gpa < r.gpa + r.size).length).to.equal(1);
+    // Code (execute-only) and list (R/W) pages are adjacent in GPA but differ in rights: separate regions.
+    expect(regions.find((r) => r.gpa === 1n << 38n)!.size).to.equal(4096n);
+    ctx.destroy();
+    arena.free(text);
+    expect(arena.stats().inUse).to.equal(0);
+  });
+});
