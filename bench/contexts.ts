@@ -40,13 +40,16 @@ function main(): void {
   console.log(`elisa context build benchmark — pure TypeScript builder, arena allocator (no KVM involved)`);
   console.log(`host: ${cpus()[0]?.model ?? 'unknown CPU'} ×${cpus().length}, node ${process.version}`);
   console.log('N = application 4 KiB pages added to the libelisa default (N = 0: gate + sub code, 8 MiB stack, EPTP list)');
-  once(16); // warm up the JIT
-  const rows: { n: number; s: Sample }[] = [];
-  for (const n of SIZES) {
-    const runs = n >= 65536 ? 5 : 11;
-    const samples = Array.from({ length: runs }, () => once(n));
-    rows.push({ n, s: { buildMs: median(samples.map((x) => x.buildMs)), aptMs: median(samples.map((x) => x.aptMs)), tablePages: samples[0]!.tablePages, totalPages: samples[0]!.totalPages } });
+  for (let i = 0; i < 8; i++) once(i % 2 ? 16 : 1024); // warm up the JIT before anything is timed
+  // Interleave the sizes so that garbage collection and host load fall on all of them alike.
+  const samples = new Map<number, Sample[]>(SIZES.map((n) => [n, []]));
+  for (let run = 0; run < 11; run++) {
+    for (const n of SIZES) if (n < 65536 || run < 5) samples.get(n)!.push(once(n));
   }
+  const rows = SIZES.map((n) => {
+    const xs = samples.get(n)!;
+    return { n, s: { buildMs: median(xs.map((x) => x.buildMs)), aptMs: median(xs.map((x) => x.aptMs)), tablePages: xs[0]!.tablePages, totalPages: xs[0]!.totalPages } };
+  });
   const base = rows[0]!.s;
   console.log('\n     N   build ms (median)  ×N=0   APT fill ms (both ctx)  ×N=0   table pages (PT+EPT+APT, both ctx)  pages in use');
   for (const { n, s } of rows) {
