@@ -1,6 +1,6 @@
 // Guest page tables (4-level and 5-level/LA57): GVA → GPA with typed permissions.
 
-import { checkCanonical, linearBits, type LeafLevel, type WalkLevels } from './address';
+import { checkCanonical, hex, linearBits, type LeafLevel, type WalkLevels } from './address';
 import { describePtBits, encodePtFlags, PT, type PtFlags } from './flags';
 import type { PageAllocator } from './memory';
 import { RadixTable, type TableKind } from './table';
@@ -51,6 +51,10 @@ export class GuestPageTable extends RadixTable {
   map(gva: bigint, gpa: bigint, level: LeafLevel, flags: PtFlags, options: MapOptions = {}): void {
     checkCanonical(gva, this.linearBits, 'GVA');
     this.mapRaw(gva & ((1n << BigInt(this.linearBits)) - 1n), gpa, level, encodePtFlags(flags), options.replace ?? false);
+  }
+
+  protected override showInput(input: bigint): string {
+    return hex(signExtend(input, this.linearBits));
   }
 
   /** Every leaf as (canonical GVA, level, raw entry). */

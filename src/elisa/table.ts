@@ -229,13 +229,18 @@ export class RadixTable {
     return output | leafBits | (level > 1 ? PS : 0n);
   }
 
+  /** How an input address is shown in messages (the guest table shows canonical GVAs). */
+  protected showInput(input: bigint): string {
+    return hex(input);
+  }
+
   private conflict(input: bigint, level: number, existingLevel: number, entry: bigint, at?: bigint): never {
     const size = levelSize(existingLevel);
     const where = at ?? input;
     const base = where & ~(size - 1n);
     throw new MappingConflictError(
-      `${this.kind.name}: cannot map ${this.kind.inputName} ${hex(input)} (${leafSizeName(level)}): ` +
-      `${this.kind.inputName} ${hex(base)} is already mapped (${leafSizeName(existingLevel)} → ${this.kind.outputName} ` +
+      `${this.kind.name}: cannot map ${this.kind.inputName} ${this.showInput(input)} (${leafSizeName(level)}): ` +
+      `${this.kind.inputName} ${this.showInput(base)} is already mapped (${leafSizeName(existingLevel)} → ${this.kind.outputName} ` +
       `${hex(entry & ADDRESS_MASK & ~(size - 1n))}, ${this.kind.describe(entry, true)}); pass replace: true to remap`);
   }
 

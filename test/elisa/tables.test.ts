@@ -224,6 +224,8 @@ describe('elisa tables', () => {
     pt57.map(0x00ff_0000_0000_0000n, 0n, 1, {}); // canonical with LA57, not with 4 levels
     expect(() => pt.map(0x00ff_0000_0000_0000n, 0n, 1, {})).to.throw(/not canonical/);
     expect(() => pt57.map(0x0100_0000_0000_0000n, 0n, 1, {})).to.throw(/not canonical for 57-bit/);
+    pt.map(0xffff_8000_0000_0000n, 0x1000n, 1, {});
+    expect(() => pt.map(0xffff_8000_0000_0000n, 0x2000n, 1, {})).to.throw(/cannot map GVA 0xffff800000000000 \(4 KiB\): GVA 0xffff800000000000 is already mapped \(4 KiB → GPA 0x1000, P\)/);
     pt.destroy(); ept.destroy(); pt57.destroy();
     expect(arena.stats().inUse).to.equal(0);
   });
