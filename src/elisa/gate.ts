@@ -538,16 +538,47 @@ export function buildGatePages(params: GatePagesParams): GatePages {
   const { top, bottom } = buildEntryPages(params);
   const gate = buildGateCodePage({ ...params, eptpListGva: params.gateEptpListGva });
   const sub = buildSubCodePage({ ...params, eptpListGva: params.subEptpListGva });
+  const pages = { top, bottom, gate, sub, entryGva: top.gva + BigInt(labelOf(top, LABEL_GATE_ENTRY)) };
+  verifyGatePages(pages, params);
+  return pages;
+}
+
+/**
+ * Checks the layout invariants on the bytes of four gate pages (as built by
+ * {@link buildGatePages}, possibly copied or transported since), and throws a
+ * {@link GateError} naming the first violated one:
+ * VMFUNC(0,511) with EAX=0, ECX=511 ends the top page and elisa_gate_entry starts with
+ * endbr64; the return path starts the bottom page; the gate's VMFUNC(0,1) ends exactly at
+ * {@link SUB_ENTRY_OFFSET}, where the sub code starts by clearing slot 1; the gate's
+ * invalid-attempt path clears slot 1 and ends the page with RBX=-1 and VMFUNC(0,0); the
+ * sub page ends with VMFUNC(0,0); both VMFUNC(0,0) therefore continue at the bottom page.
+ */
+export function verifyGatePages(pages: GatePages, params: Pick<GatePagesParams, 'gateEptpListGva' | 'subEptpListGva'>): void {
+  const { top, bottom, gate, sub } = pages;
+  for (const p of [top, bottom, gate, sub]) {
+    if (p.bytes.length !== PAGE_SIZE) throw new GateError(`${p.role} page is ${p.bytes.length} bytes, not ${PAGE_SIZE}`);
+  }
+  if (top.gva + BigInt(PAGE_SIZE) !== gate.gva || gate.gva !== sub.gva || gate.gva + BigInt(PAGE_SIZE) !== bottom.gva) {
+    throw new GateError('layout invariant violated: top, middle (gate and sub) and bottom pages are not consecutive');
+  }
+  for (const p of [top, bottom, gate, sub]) {
+    for (const v of p.vmfuncs) expectBytes(p, v.offset, VMFUNC_BYTES, `exported VMFUNC site at ${hex(v.offset)}`);
+  }
+  checkEntryPages(top, bottom);
+  checkGatePage(gate, params.gateEptpListGva);
+  checkSubPage(sub, params.subEptpListGva);
   if (labelOf(gate, LABEL_SUB_ENTRY) !== labelOf(sub, LABEL_SUB_ENTRY)) {
     throw new GateError('layout invariant violated: the sub entry is not right after the gate VMFUNC(0,1)');
   }
   for (const p of [gate, sub]) {
-    const last = p.vmfuncs[p.vmfuncs.length - 1]!;
-    if (last.offset + 3 !== PAGE_SIZE || last.gva + 3n !== bottom.gva || last.slot !== EPTP_SLOT_DEFAULT) {
+    const last = p.vmfuncs[p.vmfuncs.length - 1];
+    if (!last || last.offset + 3 !== PAGE_SIZE || last.gva + 3n !== bottom.gva || last.slot !== EPTP_SLOT_DEFAULT) {
       throw new GateError(`layout invariant violated: the ${p.role} page's VMFUNC(0,0) does not end at the bottom page`);
     }
   }
-  return { top, bottom, gate, sub, entryGva: top.gva + BigInt(labelOf(top, LABEL_GATE_ENTRY)) };
+  if (pages.entryGva !== top.gva + BigInt(labelOf(top, LABEL_GATE_ENTRY))) {
+    throw new GateError('layout invariant violated: entryGva is not the address of elisa_gate_entry');
+  }
 }
 
 /**
