@@ -1,0 +1,2 @@
+// Public API of the package. One line per layer, so branches merge cleanly.
+export * from './kvm/index';
