@@ -149,3 +149,34 @@ describe('elisa EPT regions', () => {
     expect(arena.stats().inUse).to.equal(0);
   });
 });
+
+describe('elisa builder: source resolution', () => {
+  it('asks the resolver for each virtual/guest-physical source with the mapping size and maps what it returns', () => {
+    const arena = new ArenaAllocator(2300, 0x1_0000_0000n);
+    const calls: string[] = [];
+    const resolver = {
+      resolveVirtual: (va: bigint, size: bigint): bigint => { calls.push(`v ${va.toString(16)} ${size.toString(16)}`); return 0x77_0000_0000n + (va & 0xfff000n); },
+      resolveGuestPhysical: (gpa: bigint, size: bigint): bigint => { calls.push(`g ${gpa.toString(16)} ${size.toString(16)}`); if (size > 4096n) throw new Error(`GPA ${gpa.toString(16)} is not backed by contiguous host memory`); return 0x66_0000_0000n; },
+    };
+    const ctx = buildContexts({
+      allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n, resolver,
+      maps: [
+        { source: { virtual: 0x5555_0000_3000n }, gva: 0x40_0000n, gpa: 0x4000_0000n, level: 1, pt: { user: true }, ept: { execute: true, userExecute: true } },
+        { source: { guestPhysical: 0x1234_5000n }, gva: 0x50_0000n, gpa: 0x4000_1000n, level: 1, pt: { user: true, writable: true, noExecute: true }, ept: { read: true, write: true } },
+      ],
+    });
+    expect(calls).to.deep.equal(['v 555500003000 1000', 'g 12345000 1000']);
+    const sub = { mem: arena, eptp: ctx.sub.eptp, cr3: ctx.sub.ptRootGpa, levels: 4 as const };
+    const w = walk2d(sub, 0x50_0010n, { write: true, user: true });
+    expect(w.kind === 'ok' && w.hpa).to.equal(0x66_0000_0010n);
+    const x = walk2d(sub, 0x40_0010n, { fetch: true, user: true });
+    expect(x.kind === 'ok' && x.hpa).to.equal(0x77_0000_3010n);
+    ctx.destroy();
+    // A resolver failure surfaces with its own words and nothing leaks.
+    expect(() => buildContexts({
+      allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n, resolver,
+      maps: [{ source: { guestPhysical: 0x20_0000n }, gva: 0x40_0000n, gpa: 0x4000_0000n, level: 2, pt: { user: true }, ept: { execute: true, userExecute: true } }],
+    })).to.throw(/map request 0: GPA 200000 is not backed by contiguous host memory/);
+    expect(arena.stats().inUse).to.equal(0);
+  });
+});
