@@ -45,7 +45,11 @@ export interface BuildOptions {
   eptLevels?: WalkLevels;
   /** MAXPHYADDR. Default 52. */
   maxPhysAddr?: number;
-  /** Execute-only EPT translations supported (the code pages are mapped execute-only). Default true. */
+  /**
+   * Execute-only EPT translations supported. Default true: the code pages are mapped
+   * execute-only as in libelisa. When false they are mapped read+execute instead (the gate
+   * code reads no data from its own page, so only secrecy of the code bytes is lost).
+   */
   executeOnly?: boolean;
   /** GPA of the gate/sub pages. Default 1 << 38 like libelisa. */
   baseGpa?: bigint;
@@ -254,7 +258,8 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
 
     // Sub context: sub code at the middle, the list after it, the stack, the application's pages.
     const sub = newContext('sub');
-    sub.map('sub code', gva, baseGpa, subCode.address, 1, CODE_PT, CODE_EPT);
+    const codeEpt: EptFlags = geometry.executeOnly ? CODE_EPT : { ...CODE_EPT, read: true };
+    sub.map('sub code', gva, baseGpa, subCode.address, 1, CODE_PT, codeEpt);
     sub.map('EPTP list', listGva, baseGpa + PAGE_SIZE_N, list.page.address, 1, DATA_PT, DATA_EPT);
     subStackPages.forEach((page, i) => sub.map(`sub stack page ${i}`, subStack.base + BigInt(i) * PAGE_SIZE_N, stackGpaBase + BigInt(i) * PAGE_SIZE_N, page.address, 1, DATA_PT, DATA_EPT));
     appMaps.forEach((m, i) => sub.map(m.name ?? `application ${i}`, m.gva, m.gpa, m.physical, m.level, m.pt, m.ept));
@@ -262,7 +267,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
 
     // Gate context: gate code at the middle, the list, the gate stack. Nothing of the sub context.
     const gate = newContext('gate');
-    gate.map('gate code', gva, baseGpa, gateCode.address, 1, CODE_PT, CODE_EPT);
+    gate.map('gate code', gva, baseGpa, gateCode.address, 1, CODE_PT, codeEpt);
     gate.map('EPTP list', listGva, baseGpa + PAGE_SIZE_N, list.page.address, 1, DATA_PT, DATA_EPT);
     gate.map('gate stack', gateStackBase, baseGpa + 2n * PAGE_SIZE_N, gateStack[0]!.address, 1, DATA_PT, DATA_EPT);
     const gateDesc = finish(gate);

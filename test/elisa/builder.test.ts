@@ -180,3 +180,25 @@ describe('elisa builder: source resolution', () => {
     expect(arena.stats().inUse).to.equal(0);
   });
 });
+
+describe('elisa builder without execute-only EPT support', () => {
+  it('maps the code pages read+execute instead of execute-only', () => {
+    const arena = new ArenaAllocator(2300, 0x1_0000_0000n);
+    const text = arena.allocate();
+    const maps: MapRequest[] = [{ source: { physical: text.address }, gva: 0x40_0000n, gpa: 0x4000_0000n, level: 1, pt: { user: true }, ept: { read: true, execute: true, userExecute: true } }];
+    for (const executeOnly of [true, false]) {
+      const ctx = buildContexts({ allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n, maps, executeOnly });
+      for (const name of ['gate', 'sub'] as const) {
+        const c = { mem: arena, eptp: ctx[name].eptp, cr3: ctx[name].ptRootGpa, levels: 4 as const };
+        expect(walk2d(c, ctx.gva, { user: true }, { executeOnly }).kind).to.equal(executeOnly ? 'ept' : 'ok');
+        expect(walk2d(c, ctx.gva, { fetch: true, user: true }, { executeOnly }).kind).to.equal('ok');
+      }
+      ctx.destroy();
+    }
+    // Execute-only application pages are refused up front when the CPU cannot do them.
+    expect(() => buildContexts({ allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n, executeOnly: false, maps: [{ ...maps[0]!, ept: { execute: true, userExecute: true } }] }))
+      .to.throw(/map request 0: EPT flags: execute-only translations are not supported/);
+    arena.free(text);
+    expect(arena.stats().inUse).to.equal(0);
+  });
+});
