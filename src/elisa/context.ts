@@ -20,6 +20,8 @@ import { describeWalk, walk2d, type GuestWalk } from './walk';
 export const DEFAULT_BASE_GPA = 1n << 38n;
 /** libelisa's sub stack size. */
 export const DEFAULT_SUB_STACK_SIZE = 8n << 20n;
+/** Size of the GPA window for each context's guest page-table pages. */
+export const TABLE_WINDOW = 1n << 30n;
 /** The gate stack: one page (it only holds the RFLAGS pushed for the IF check). */
 export const GATE_STACK_SIZE = PAGE_SIZE_N;
 
@@ -59,8 +61,13 @@ export interface BuildOptions {
   accessDirty?: boolean;
   /** The privilege of callers: decides which fetch rights the entry point needs. Default 'user'. */
   callerMode?: 'user' | 'supervisor';
-  /** GPA at which a guest table page appears in its context's EPT. Default: its physical address. */
-  tableGpa?: (page: PhysPage) => bigint;
+  /**
+   * Start of the 1 GiB GPA window where each context's guest page-table pages are placed
+   * (consecutive pages, in allocation order). Default: base GPA + 1 GiB, so that every
+   * context GPA lies at or above the base and any CR3 the guest loads below it meets the APT.
+   * 'physical' places each table at the GPA equal to its physical address instead.
+   */
+  tableGpaBase?: bigint | 'physical';
 }
 
 /** One translation of a context, as the backends need it. */
@@ -84,7 +91,7 @@ export interface ContextDescription {
   eptp: bigint;
   /** Physical address of the guest page-table root: what CR3 must reach; every unmapped GPA resolves here (APT). */
   ptRoot: bigint;
-  /** GPA at which the root is mapped (any unmapped GPA works as CR3, too). */
+  /** GPA at which the root is mapped: the CR3 value the tables were built for (any unmapped GPA works, too). */
   ptRootGpa: bigint;
   /** The guest page table. */
   pt: GuestPageTable;
@@ -158,7 +165,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
   const baseGpa = options.baseGpa ?? DEFAULT_BASE_GPA;
   const subStackSize = options.subStackSize ?? DEFAULT_SUB_STACK_SIZE;
   const accessDirty = options.accessDirty ?? true;
-  const tableGpa = options.tableGpa ?? ((page: PhysPage) => page.address);
+  const tableGpaBase = options.tableGpaBase ?? baseGpa + TABLE_WINDOW;
   if (typeof gva !== 'bigint' || typeof options.entry !== 'bigint') throw new BuildError('gva and entry must be bigints');
 
   const fail = (fn: () => void): void => {
@@ -169,6 +176,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     checkCanonical(gva, bits, 'requested GVA (the middle page)');
     checkCanonical(options.entry, bits, 'entry point');
     checkAligned(baseGpa, PAGE_SIZE_N, 'base GPA');
+    if (tableGpaBase !== 'physical') checkAligned(tableGpaBase, PAGE_SIZE_N, 'page-table GPA window');
   });
   if (gva < PAGE_SIZE_N || !rangeIsCanonical(gva - PAGE_SIZE_N, 3n * PAGE_SIZE_N, bits)) {
     throw new BuildError(`requested GVA ${hex(gva)}: the top page (${hex(gva - PAGE_SIZE_N)}) and bottom page (${hex(gva + PAGE_SIZE_N)}) must be canonical ${bits}-bit addresses in the same half`);
@@ -193,6 +201,12 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     [subStack.base, subStack.base + subStackSize, 'the sub stack'],
   ];
   const reservedGpa: [bigint, bigint, string][] = [[baseGpa, stackGpaBase + subStackSize, 'the gate/sub code, EPTP list and stack pages']];
+  if (tableGpaBase !== 'physical') {
+    reservedGpa.push([tableGpaBase, tableGpaBase + TABLE_WINDOW, 'the page-table GPA window']);
+    if (tableGpaBase < stackGpaBase + subStackSize && tableGpaBase + TABLE_WINDOW > baseGpa) {
+      throw new BuildError(`page-table GPA window ${hex(tableGpaBase)} (+1 GiB) overlaps the context pages at [${hex(baseGpa)}, ${hex(stackGpaBase + subStackSize)})`);
+    }
+  }
   appMaps.forEach((m, i) => {
     const end = (a: bigint): bigint => a + levelSize(m.level);
     for (const [lo, hi, what] of reservedGva) {
@@ -202,8 +216,12 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
       if (m.gpa < hi && end(m.gpa) > lo) throw new BuildError(`map request ${i}${m.name ? ` (${m.name})` : ''}: GPA range [${hex(m.gpa)}, ${hex(end(m.gpa))}) overlaps ${what} at [${hex(lo)}, ${hex(hi)})`);
     }
   });
-  if (stackGpaBase + subStackSize > 1n << BigInt(Math.min(maxPhysAddr, 12 + 9 * eptLevels))) {
-    throw new BuildError(`base GPA ${hex(baseGpa)}: the context pages would end beyond the guest-physical reach`);
+  const reach = 1n << BigInt(Math.min(maxPhysAddr, 12 + 9 * eptLevels));
+  if (stackGpaBase + subStackSize > reach) {
+    throw new BuildError(`base GPA ${hex(baseGpa)}: the context pages would end beyond the ${hex(reach)} guest-physical reach`);
+  }
+  if (tableGpaBase !== 'physical' && tableGpaBase + TABLE_WINDOW > reach) {
+    throw new BuildError(`page-table GPA window ${hex(tableGpaBase)} (+1 GiB) ends beyond the ${hex(reach)} guest-physical reach`);
   }
 
   const owned: PhysPage[] = [];
@@ -226,7 +244,14 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     for (let i = 0; i < subStackPageCount; i++) subStackPages.push(take());
 
     const newContext = (name: 'gate' | 'sub') => {
-      const pt = new GuestPageTable(allocator, { levels: ptLevels, maxPhysAddr });
+      // Each context's tables get consecutive GPAs in the window (the two contexts never share an EPT).
+      let nextTableGpa = tableGpaBase === 'physical' ? 0n : tableGpaBase;
+      const tableAddress = tableGpaBase === 'physical' ? undefined : (): bigint => {
+        if (nextTableGpa >= (tableGpaBase as bigint) + TABLE_WINDOW) throw new BuildError(`${name} context: more than 1 GiB of page-table pages`);
+        nextTableGpa += PAGE_SIZE_N;
+        return nextTableGpa - PAGE_SIZE_N;
+      };
+      const pt = new GuestPageTable(allocator, { levels: ptLevels, maxPhysAddr, ...(tableAddress ? { tableAddress } : {}) });
       trees.push(pt);
       const ept = new Ept(allocator, { levels: eptLevels, maxPhysAddr, executeOnly: geometry.executeOnly });
       trees.push(ept);
@@ -242,8 +267,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     };
     const finish = (ctx: ReturnType<typeof newContext>): ContextDescription => {
       // The guest tables must be readable (and, with A/D, writable) at their GPAs through the EPT.
-      for (const page of ctx.pt.tablePages()) {
-        const gpa = tableGpa(page);
+      for (const { page, address: gpa } of ctx.pt.tableAddresses()) {
         try { ctx.ept.map(gpa, page.address, 1, TABLE_EPT); } catch (err) {
           throw rewrap(err, `${ctx.name} context: cannot map page-table page ${hex(page.address)} at GPA ${hex(gpa)}`);
         }
@@ -252,7 +276,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
       const aptFillMs = ctx.ept.fillApt(ctx.pt.root.address);
       return {
         name: ctx.name, eptp: ctx.ept.eptp({ memoryType: 'WB', accessDirty }), ptRoot: ctx.pt.root.address,
-        ptRootGpa: tableGpa(ctx.pt.root), pt: ctx.pt, ept: ctx.ept, mappings: ctx.mappings, aptFillMs,
+        ptRootGpa: ctx.pt.rootAddress, pt: ctx.pt, ept: ctx.ept, mappings: ctx.mappings, aptFillMs,
       };
     };
 

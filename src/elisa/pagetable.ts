@@ -2,7 +2,7 @@
 
 import { checkCanonical, hex, linearBits, type LeafLevel, type WalkLevels } from './address';
 import { describePtBits, encodePtFlags, PT, type PtFlags } from './flags';
-import type { PageAllocator } from './memory';
+import type { PageAllocator, PhysPage } from './memory';
 import { RadixTable, type TableKind } from './table';
 
 const PT_KIND: TableKind = {
@@ -22,6 +22,8 @@ export interface GuestPageTableOptions {
   levels: WalkLevels;
   /** MAXPHYADDR: GPAs must be below 2^maxPhysAddr. Default 52. */
   maxPhysAddr?: number;
+  /** The GPA at which each new table page will be visible (default: its physical address); called once per page. */
+  tableAddress?: (page: PhysPage) => bigint;
 }
 
 /** Options of one mapping. */
@@ -35,7 +37,7 @@ export function signExtend(va: bigint, bits: number): bigint {
   return (va >> BigInt(bits - 1)) & 1n ? va | (((1n << 64n) - 1n) ^ ((1n << BigInt(bits)) - 1n)) : va;
 }
 
-/** A guest page-table tree; `root.address` is what CR3 holds (as a GPA, once mapped in an EPT). */
+/** A guest page-table tree; `rootAddress` is what CR3 holds (a GPA, once the table pages are mapped in an EPT). */
 export class GuestPageTable extends RadixTable {
   /** Allocates the root table. */
   constructor(allocator: PageAllocator, options: GuestPageTableOptions) {

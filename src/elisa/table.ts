@@ -38,6 +38,12 @@ export interface TableOptions {
   levels: WalkLevels;
   /** Physical-address width (MAXPHYADDR): outputs must be below 2^maxPhysAddr. Default 52. */
   maxPhysAddr?: number;
+  /**
+   * The address by which table entries (and CR3/EPTP) refer to a newly allocated table page.
+   * Default: its physical address. A guest page table placed at other GPAs passes a function
+   * handing out those GPAs (called once per page, at allocation).
+   */
+  tableAddress?: (page: PhysPage) => bigint;
 }
 
 /** The translation a tree currently gives one input address (structure only, no permission checks). */
@@ -45,7 +51,7 @@ export type Lookup =
   | { mapped: true; level: LeafLevel; entry: bigint; output: bigint; leafBase: bigint }
   | { mapped: false; level: number };
 
-interface Node { page: PhysPage; view: DataView }
+interface Node { page: PhysPage; view: DataView; address: bigint }
 
 /** A radix tree of tables in allocator pages. Subclasses add typed flags and input validation. */
 export class RadixTable {
@@ -55,12 +61,15 @@ export class RadixTable {
   readonly maxPhysAddr: number;
   /** The root table page. */
   readonly root: PhysPage;
+  /** The address entries, CR3 or the EPTP use for the root (its physical address unless tableAddress says otherwise). */
+  readonly rootAddress: bigint;
   protected readonly kind: TableKind;
   protected readonly allocator: PageAllocator;
   private readonly nodes = new Map<bigint, Node>();
   private aptEntries: bigint[] | undefined;
   private readonly aptPages: PhysPage[] = [];
   private destroyed = false;
+  private readonly tableAddress: (page: PhysPage) => bigint;
 
   /** Allocates the root table. */
   constructor(allocator: PageAllocator, kind: TableKind, options: TableOptions) {
@@ -73,12 +82,21 @@ export class RadixTable {
     this.maxPhysAddr = maxPhysAddr;
     this.kind = kind;
     this.allocator = allocator;
-    this.root = this.newNode(undefined).page;
+    this.tableAddress = options.tableAddress ?? ((page) => page.address);
+    const root = this.newNode(undefined);
+    this.root = root.page;
+    this.rootAddress = root.address;
   }
 
   /** Every table page of the tree (root first), including APT pages. */
   tablePages(): PhysPage[] {
     return [...[...this.nodes.values()].map((n) => n.page), ...this.aptPages];
+  }
+
+  /** Every table page with the address entries use for it (APT pages included). */
+  tableAddresses(): { page: PhysPage; address: bigint }[] {
+    return [...[...this.nodes.values()].map((n) => ({ page: n.page, address: n.address })),
+      ...this.aptPages.map((page) => ({ page, address: page.address }))];
   }
 
   /** Number of table pages (including APT pages). */
@@ -98,7 +116,7 @@ export class RadixTable {
 
   /** The translation the tree gives `input` (structure only). */
   lookup(input: bigint): Lookup {
-    let node = this.nodes.get(this.root.address)!;
+    let node = this.nodes.get(this.rootAddress)!;
     for (let level = this.levels as number; level >= 1; level--) {
       const entry = node.view.getBigUint64(tableIndex(input, level) * 8, true);
       if (this.isUnmapped(entry, level)) return { mapped: false, level };
@@ -130,7 +148,7 @@ export class RadixTable {
     const wanted = this.leafEntry(output, level, leafBits);
 
     // Check first, mutate second: a refused mapping leaves the tree untouched.
-    let node = this.nodes.get(this.root.address)!;
+    let node = this.nodes.get(this.rootAddress)!;
     for (let lvl = this.levels as number; lvl >= level; lvl--) {
       const entry = node.view.getBigUint64(tableIndex(input, lvl) * 8, true);
       if (this.isUnmapped(entry, lvl)) break;
@@ -153,16 +171,16 @@ export class RadixTable {
       node = this.child(entry);
     }
 
-    node = this.nodes.get(this.root.address)!;
+    node = this.nodes.get(this.rootAddress)!;
     for (let lvl = this.levels as number; lvl > level; lvl--) {
       const index = tableIndex(input, lvl) * 8;
       const entry = node.view.getBigUint64(index, true);
       if (this.isUnmapped(entry, lvl)) {
         const fresh = this.newNode(lvl - 1);
-        node.view.setBigUint64(index, fresh.page.address | this.kind.tableBits, true);
+        node.view.setBigUint64(index, fresh.address | this.kind.tableBits, true);
         node = fresh;
       } else if (entry & PS) {
-        node.view.setBigUint64(index, this.split(entry, lvl).page.address | this.kind.tableBits, true);
+        node.view.setBigUint64(index, this.split(entry, lvl).address | this.kind.tableBits, true);
         node = this.child(node.view.getBigUint64(index, true));
       } else {
         node = this.child(entry);
@@ -197,7 +215,7 @@ export class RadixTable {
     }
     entries[this.levels] = below!.address | this.kind.tableBits;
     this.aptEntries = entries;
-    this.fillEmpty(this.nodes.get(this.root.address)!, this.levels);
+    this.fillEmpty(this.nodes.get(this.rootAddress)!, this.levels);
     return Number(process.hrtime.bigint() - started) / 1e6;
   }
 
@@ -222,7 +240,7 @@ export class RadixTable {
         else walk(this.child(entry), level - 1, input);
       }
     };
-    walk(this.nodes.get(this.root.address)!, this.levels, 0n);
+    walk(this.nodes.get(this.rootAddress)!, this.levels, 0n);
   }
 
   private leafEntry(output: bigint, level: number, leafBits: bigint): bigint {
@@ -247,8 +265,15 @@ export class RadixTable {
   private newNode(level: number | undefined): Node {
     const page = this.allocator.allocate();
     const view = new DataView(page.bytes.buffer, page.bytes.byteOffset, page.bytes.byteLength);
-    const node = { page, view };
-    this.nodes.set(page.address, node);
+    let address: bigint;
+    try {
+      address = this.tableAddress(page);
+    } catch (err) {
+      this.allocator.free(page);
+      throw err;
+    }
+    const node = { page, view, address };
+    this.nodes.set(address, node);
     if (level !== undefined && this.aptEntries) {
       const fill = this.aptEntries[level]!;
       for (let i = 0; i < 512; i++) view.setBigUint64(i * 8, fill, true);
@@ -293,7 +318,7 @@ export class RadixTable {
         if (!this.isUnmapped(entry, level) && !(entry & PS)) this.freeSubtree(this.child(entry), level - 1);
       }
     }
-    this.nodes.delete(node.page.address);
+    this.nodes.delete(node.address);
     this.allocator.free(node.page);
   }
 
