@@ -56,6 +56,14 @@ void InstallSignalHandler() {
   sigaction(kKickSignal, &sa, nullptr);
 }
 
+// A thread that runs vCPUs must be able to receive the kick signal.
+void UnblockKickSignal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, kKickSignal);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+}
+
 pid_t GetTid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
 
 // A one-shot timer that delivers kKickSignal to one thread.
@@ -108,6 +116,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       InstanceMethod<&VcpuRunner::LastCause>("lastInterruptCause"),
       InstanceMethod<&VcpuRunner::IsRunning>("isRunning"),
       InstanceMethod<&VcpuRunner::Close>("close"),
+      InstanceMethod<&VcpuRunner::RunLoop>("runLoop"),
     });
   }
 
@@ -131,10 +140,10 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
 
   // The pointer the signal handler and copySyncRegs use; valid until close().
   kvm_run* Run() const { return run_; }
-  bool Busy() {
-    std::lock_guard<std::mutex> g(mu_);
-    return inFlight_;
-  }
+  // From JS's point of view a runAsync is in flight until its promise settles
+  // (pending_), even after the worker finished KVM_RUN: the result still
+  // describes kvm_run, so nothing may run or touch it before JS has seen it.
+  bool Busy() { return pending_; }
   void CheckOpen(Napi::Env env) const {
     if (closed_) ThrowType(env, "vCPU runner is closed");
   }
@@ -171,10 +180,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     Napi::Env env = info.Env();
     CheckOpen(env);
     double timeoutMs = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      if (inFlight_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
-    }
+    if (pending_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
     RunResult res = RunOnce(&syncTimer_, timeoutMs);
     run_->immediate_exit = 0;
     if (res.err) ThrowIoctlError(env, "KVM_RUN", res.err);
@@ -187,8 +193,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     Napi::Env env = info.Env();
     CheckOpen(env);
     double timeoutMs = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+    if (pending_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
     std::unique_lock<std::mutex> g(mu_);
-    if (inFlight_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
     if (!worker_.joinable()) worker_ = std::thread([this] { WorkerLoop(); });
     deferred_ = std::make_unique<Napi::Promise::Deferred>(env);
     inFlight_ = true;
@@ -197,6 +203,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     kickRequested_ = false;
     g.unlock();
     cv_.notify_all();
+    pending_ = true;
     Ref();  // keep this object alive until the result is delivered
     tsfn_.Ref(env);
     return deferred_->Promise();
@@ -205,6 +212,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void WorkerLoop() {
     ThreadTimer timer;
     tls.run = nullptr;  // touch the TLS block before any signal can arrive
+    UnblockKickSignal();
     std::unique_lock<std::mutex> g(mu_);
     for (;;) {
       cv_.wait(g, [this] { return jobPending_ || stopping_; });
@@ -228,6 +236,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
         std::unique_ptr<RunResult> owned(r);
         auto d = std::move(deferred_);
         lastCause_ = r->cause;
+        pending_ = false;
         tsfn_.Unref(env);
         Unref();
         if (!d) return;
@@ -247,6 +256,24 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     run_->immediate_exit = 1;
     if (workerInRun_) pthread_kill(workerThread_, kKickSignal);
     return true;
+  }
+
+  // runLoop(n, expectedExitReason): n KVM_RUNs back to back in C++, stopping at
+  // the first other exit. For bench/exit.ts: the cost of KVM_RUN itself inside
+  // this process, to separate it from the cost of crossing into JS.
+  // Returns how many runs ended with the expected reason.
+  Napi::Value RunLoop(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    if (pending_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
+    uint32_t n = ArgU32(info, 0, "n");
+    uint32_t expected = ArgU32(info, 1, "expectedExitReason");
+    uint32_t i = 0;
+    for (; i < n; i++) {
+      if (ioctl(fd_, KVM_RUN, 0) < 0) ThrowIoctlError(env, "KVM_RUN", errno);
+      if (run_->exit_reason != expected) break;
+    }
+    return Napi::Number::New(env, i);
   }
 
   Napi::Value Kick(const Napi::CallbackInfo& info) {
@@ -294,6 +321,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   ThreadTimer syncTimer_;                               // JS thread only
   int32_t lastCause_ = kNone;                           // JS thread only
   bool closed_ = false;                                 // JS thread only
+  bool pending_ = false;                                // JS thread only: a runAsync promise is unsettled
 
   std::mutex mu_;  // guards everything below
   std::condition_variable cv_;
@@ -334,6 +362,8 @@ Napi::Value CopySyncRegs(const Napi::CallbackInfo& info) {
 
 void InitRunner(Napi::Env env, Napi::Object exports) {
   InstallSignalHandler();
+  tls.run = nullptr;  // the JS thread runs vCPUs synchronously: touch its TLS block
+  UnblockKickSignal();
   exports.Set("VcpuRunner", VcpuRunner::Define(env));
   exports.Set("copySyncRegs", Napi::Function::New(env, CopySyncRegs));
   exports.Set("kickSignal", Napi::Number::New(env, kKickSignal));

@@ -14,19 +14,24 @@ export function hex(value: bigint | number): string {
   return (v < 0n ? '-0x' + (-v).toString(16) : '0x' + v.toString(16));
 }
 
+// Precomputed per level (index 0 unused, 6 = one past PML5): the hot paths index these
+// instead of converting numbers to bigints on every call.
+const SHIFTS = [0, 1, 2, 3, 4, 5, 6].map((l) => BigInt(12 + 9 * (l - 1)));
+const SIZES = SHIFTS.map((s) => 1n << s);
+
 /** Bit position of the lowest address bit a level-`level` entry translates. */
 export function levelShift(level: number): bigint {
-  return BigInt(12 + 9 * (level - 1));
+  return SHIFTS[level] ?? BigInt(12 + 9 * (level - 1));
 }
 
 /** Bytes covered by one entry at `level` (4 KiB at 1, 2 MiB at 2, 1 GiB at 3, ...). */
 export function levelSize(level: number): bigint {
-  return 1n << levelShift(level);
+  return SIZES[level] ?? 1n << levelShift(level);
 }
 
 /** The 9-bit table index `address` selects at `level`. */
 export function tableIndex(address: bigint, level: number): number {
-  return Number((address >> levelShift(level)) & 511n);
+  return Number((address >> SHIFTS[level]!) & 511n);
 }
 
 /** Human name of a leaf size. */
@@ -102,4 +107,14 @@ export function rangeIsCanonical(start: bigint, length: bigint, bits: number): b
   if (!isCanonical(start, bits) || !isCanonical(last, bits)) return false;
   // Both ends canonical: they must be in the same half.
   return (start < lowerHalfEnd(bits)) === (last < lowerHalfEnd(bits));
+}
+
+/**
+ * MAXPHYADDR as CPUID leaf 0x80000008 reports it: EAX bits 7:0 (physical-address width).
+ * Throws for widths no x86-64 CPU reports (below 32 or above 52).
+ */
+export function maxPhysAddrFromCpuid(eax: number): number {
+  const bits = eax & 0xff;
+  if (bits < 32 || bits > 52) throw new RangeError(`CPUID 0x80000008 EAX ${hex(eax)}: physical-address width ${bits} is outside 32..52`);
+  return bits;
 }

@@ -20,6 +20,8 @@ import { describeWalk, walk2d, type GuestWalk } from './walk';
 export const DEFAULT_BASE_GPA = 1n << 38n;
 /** libelisa's sub stack size. */
 export const DEFAULT_SUB_STACK_SIZE = 8n << 20n;
+/** Size of the GPA window for each context's guest page-table pages. */
+export const TABLE_WINDOW = 1n << 30n;
 /** The gate stack: one page (it only holds the RFLAGS pushed for the IF check). */
 export const GATE_STACK_SIZE = PAGE_SIZE_N;
 
@@ -45,7 +47,11 @@ export interface BuildOptions {
   eptLevels?: WalkLevels;
   /** MAXPHYADDR. Default 52. */
   maxPhysAddr?: number;
-  /** Execute-only EPT translations supported (the code pages are mapped execute-only). Default true. */
+  /**
+   * Execute-only EPT translations supported. Default true: the code pages are mapped
+   * execute-only as in libelisa. When false they are mapped read+execute instead (the gate
+   * code reads no data from its own page, so only secrecy of the code bytes is lost).
+   */
   executeOnly?: boolean;
   /** GPA of the gate/sub pages. Default 1 << 38 like libelisa. */
   baseGpa?: bigint;
@@ -55,8 +61,13 @@ export interface BuildOptions {
   accessDirty?: boolean;
   /** The privilege of callers: decides which fetch rights the entry point needs. Default 'user'. */
   callerMode?: 'user' | 'supervisor';
-  /** GPA at which a guest table page appears in its context's EPT. Default: its physical address. */
-  tableGpa?: (page: PhysPage) => bigint;
+  /**
+   * Start of the 1 GiB GPA window where each context's guest page-table pages are placed
+   * (consecutive pages, in allocation order). Default: base GPA + 1 GiB, so that every
+   * context GPA lies at or above the base and any CR3 the guest loads below it meets the APT.
+   * 'physical' places each table at the GPA equal to its physical address instead.
+   */
+  tableGpaBase?: bigint | 'physical';
 }
 
 /** One translation of a context, as the backends need it. */
@@ -80,7 +91,7 @@ export interface ContextDescription {
   eptp: bigint;
   /** Physical address of the guest page-table root: what CR3 must reach; every unmapped GPA resolves here (APT). */
   ptRoot: bigint;
-  /** GPA at which the root is mapped (any unmapped GPA works as CR3, too). */
+  /** GPA at which the root is mapped: the CR3 value the tables were built for (any unmapped GPA works, too). */
   ptRootGpa: bigint;
   /** The guest page table. */
   pt: GuestPageTable;
@@ -154,7 +165,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
   const baseGpa = options.baseGpa ?? DEFAULT_BASE_GPA;
   const subStackSize = options.subStackSize ?? DEFAULT_SUB_STACK_SIZE;
   const accessDirty = options.accessDirty ?? true;
-  const tableGpa = options.tableGpa ?? ((page: PhysPage) => page.address);
+  const tableGpaBase = options.tableGpaBase ?? baseGpa + TABLE_WINDOW;
   if (typeof gva !== 'bigint' || typeof options.entry !== 'bigint') throw new BuildError('gva and entry must be bigints');
 
   const fail = (fn: () => void): void => {
@@ -165,6 +176,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     checkCanonical(gva, bits, 'requested GVA (the middle page)');
     checkCanonical(options.entry, bits, 'entry point');
     checkAligned(baseGpa, PAGE_SIZE_N, 'base GPA');
+    if (tableGpaBase !== 'physical') checkAligned(tableGpaBase, PAGE_SIZE_N, 'page-table GPA window');
   });
   if (gva < PAGE_SIZE_N || !rangeIsCanonical(gva - PAGE_SIZE_N, 3n * PAGE_SIZE_N, bits)) {
     throw new BuildError(`requested GVA ${hex(gva)}: the top page (${hex(gva - PAGE_SIZE_N)}) and bottom page (${hex(gva + PAGE_SIZE_N)}) must be canonical ${bits}-bit addresses in the same half`);
@@ -173,7 +185,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
   const listGva = gva + PAGE_SIZE_N;
   const gateStackBase = rangeIsCanonical(gva + 2n * PAGE_SIZE_N, GATE_STACK_SIZE, bits) ? gva + 2n * PAGE_SIZE_N : gva - 2n * PAGE_SIZE_N;
   const subStack = placeSubStack(gva, subStackSize, bits);
-  const subStackPages = Number(subStackSize / PAGE_SIZE_N);
+  const subStackPageCount = Number(subStackSize / PAGE_SIZE_N);
   const stackGpaBase = baseGpa + 2n * PAGE_SIZE_N;
   const geometry = { ptLevels, eptLevels, maxPhysAddr, executeOnly: options.executeOnly ?? true };
 
@@ -189,6 +201,12 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     [subStack.base, subStack.base + subStackSize, 'the sub stack'],
   ];
   const reservedGpa: [bigint, bigint, string][] = [[baseGpa, stackGpaBase + subStackSize, 'the gate/sub code, EPTP list and stack pages']];
+  if (tableGpaBase !== 'physical') {
+    reservedGpa.push([tableGpaBase, tableGpaBase + TABLE_WINDOW, 'the page-table GPA window']);
+    if (tableGpaBase < stackGpaBase + subStackSize && tableGpaBase + TABLE_WINDOW > baseGpa) {
+      throw new BuildError(`page-table GPA window ${hex(tableGpaBase)} (+1 GiB) overlaps the context pages at [${hex(baseGpa)}, ${hex(stackGpaBase + subStackSize)})`);
+    }
+  }
   appMaps.forEach((m, i) => {
     const end = (a: bigint): bigint => a + levelSize(m.level);
     for (const [lo, hi, what] of reservedGva) {
@@ -198,8 +216,12 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
       if (m.gpa < hi && end(m.gpa) > lo) throw new BuildError(`map request ${i}${m.name ? ` (${m.name})` : ''}: GPA range [${hex(m.gpa)}, ${hex(end(m.gpa))}) overlaps ${what} at [${hex(lo)}, ${hex(hi)})`);
     }
   });
-  if (stackGpaBase + subStackSize > 1n << BigInt(Math.min(maxPhysAddr, 12 + 9 * eptLevels))) {
-    throw new BuildError(`base GPA ${hex(baseGpa)}: the context pages would end beyond the guest-physical reach`);
+  const reach = 1n << BigInt(Math.min(maxPhysAddr, 12 + 9 * eptLevels));
+  if (stackGpaBase + subStackSize > reach) {
+    throw new BuildError(`base GPA ${hex(baseGpa)}: the context pages would end beyond the ${hex(reach)} guest-physical reach`);
+  }
+  if (tableGpaBase !== 'physical' && tableGpaBase + TABLE_WINDOW > reach) {
+    throw new BuildError(`page-table GPA window ${hex(tableGpaBase)} (+1 GiB) ends beyond the ${hex(reach)} guest-physical reach`);
   }
 
   const owned: PhysPage[] = [];
@@ -218,11 +240,18 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     const gateCode = take();
     const subCode = take();
     const gateStack = [take()];
-    const subStack2: PhysPage[] = [];
-    for (let i = 0; i < subStackPages; i++) subStack2.push(take());
+    const subStackPages: PhysPage[] = [];
+    for (let i = 0; i < subStackPageCount; i++) subStackPages.push(take());
 
     const newContext = (name: 'gate' | 'sub') => {
-      const pt = new GuestPageTable(allocator, { levels: ptLevels, maxPhysAddr });
+      // Each context's tables get consecutive GPAs in the window (the two contexts never share an EPT).
+      let nextTableGpa = tableGpaBase === 'physical' ? 0n : tableGpaBase;
+      const tableAddress = tableGpaBase === 'physical' ? undefined : (): bigint => {
+        if (nextTableGpa >= (tableGpaBase as bigint) + TABLE_WINDOW) throw new BuildError(`${name} context: more than 1 GiB of page-table pages`);
+        nextTableGpa += PAGE_SIZE_N;
+        return nextTableGpa - PAGE_SIZE_N;
+      };
+      const pt = new GuestPageTable(allocator, { levels: ptLevels, maxPhysAddr, ...(tableAddress ? { tableAddress } : {}) });
       trees.push(pt);
       const ept = new Ept(allocator, { levels: eptLevels, maxPhysAddr, executeOnly: geometry.executeOnly });
       trees.push(ept);
@@ -238,8 +267,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
     };
     const finish = (ctx: ReturnType<typeof newContext>): ContextDescription => {
       // The guest tables must be readable (and, with A/D, writable) at their GPAs through the EPT.
-      for (const page of ctx.pt.tablePages()) {
-        const gpa = tableGpa(page);
+      for (const { page, address: gpa } of ctx.pt.tableAddresses()) {
         try { ctx.ept.map(gpa, page.address, 1, TABLE_EPT); } catch (err) {
           throw rewrap(err, `${ctx.name} context: cannot map page-table page ${hex(page.address)} at GPA ${hex(gpa)}`);
         }
@@ -248,21 +276,22 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
       const aptFillMs = ctx.ept.fillApt(ctx.pt.root.address);
       return {
         name: ctx.name, eptp: ctx.ept.eptp({ memoryType: 'WB', accessDirty }), ptRoot: ctx.pt.root.address,
-        ptRootGpa: tableGpa(ctx.pt.root), pt: ctx.pt, ept: ctx.ept, mappings: ctx.mappings, aptFillMs,
+        ptRootGpa: ctx.pt.rootAddress, pt: ctx.pt, ept: ctx.ept, mappings: ctx.mappings, aptFillMs,
       };
     };
 
     // Sub context: sub code at the middle, the list after it, the stack, the application's pages.
     const sub = newContext('sub');
-    sub.map('sub code', gva, baseGpa, subCode.address, 1, CODE_PT, CODE_EPT);
+    const codeEpt: EptFlags = geometry.executeOnly ? CODE_EPT : { ...CODE_EPT, read: true };
+    sub.map('sub code', gva, baseGpa, subCode.address, 1, CODE_PT, codeEpt);
     sub.map('EPTP list', listGva, baseGpa + PAGE_SIZE_N, list.page.address, 1, DATA_PT, DATA_EPT);
-    subStack2.forEach((page, i) => sub.map(`sub stack page ${i}`, subStack.base + BigInt(i) * PAGE_SIZE_N, stackGpaBase + BigInt(i) * PAGE_SIZE_N, page.address, 1, DATA_PT, DATA_EPT));
+    subStackPages.forEach((page, i) => sub.map(`sub stack page ${i}`, subStack.base + BigInt(i) * PAGE_SIZE_N, stackGpaBase + BigInt(i) * PAGE_SIZE_N, page.address, 1, DATA_PT, DATA_EPT));
     appMaps.forEach((m, i) => sub.map(m.name ?? `application ${i}`, m.gva, m.gpa, m.physical, m.level, m.pt, m.ept));
     const subDesc = finish(sub);
 
     // Gate context: gate code at the middle, the list, the gate stack. Nothing of the sub context.
     const gate = newContext('gate');
-    gate.map('gate code', gva, baseGpa, gateCode.address, 1, CODE_PT, CODE_EPT);
+    gate.map('gate code', gva, baseGpa, gateCode.address, 1, CODE_PT, codeEpt);
     gate.map('EPTP list', listGva, baseGpa + PAGE_SIZE_N, list.page.address, 1, DATA_PT, DATA_EPT);
     gate.map('gate stack', gateStackBase, baseGpa + 2n * PAGE_SIZE_N, gateStack[0]!.address, 1, DATA_PT, DATA_EPT);
     const gateDesc = finish(gate);
@@ -304,7 +333,7 @@ export function buildContexts(options: BuildOptions): ElisaContexts {
       vmfuncSites: code.vmfuncSites,
       ...(code.entryGva !== undefined ? { gateEntryGva: code.entryGva } : {}),
       stacks: { gate: { base: gateStackBase, top: gateStackBase + GATE_STACK_SIZE }, sub: { base: subStack.base, top: subStack.base + subStackSize, relocated: subStack.relocated } },
-      dataPages: { gateCode, subCode, list: list.page, gateStack, subStack: subStack2 },
+      dataPages: { gateCode, subCode, list: list.page, gateStack, subStack: subStackPages },
       describe,
       destroy,
     };

@@ -3,7 +3,7 @@
 
 import { hex, levelShift, type LeafLevel, type WalkLevels } from './address';
 import {
-  ADDRESS_MASK, describeEptBits, EPT, encodeEptFlags, memoryTypeCode, memoryTypeName,
+  ADDRESS_MASK, decodeEptFlags, describeEptBits, EPT, encodeEptFlags, memoryTypeCode, memoryTypeName,
   type EptCapabilities, type EptFlags, type MemoryType,
 } from './flags';
 import { readEntry, writeEntry, type PageAllocator, type PhysPage } from './memory';
@@ -15,6 +15,8 @@ const EPT_KIND: TableKind = {
   inputName: 'GPA',
   outputName: 'HPA',
   tableBits: EPT.R | EPT.W | EPT.X | EPT.XU,
+  // With EPTP bit 6 the CPU sets A (bit 8) and D (bit 9) in entries it uses.
+  hardwareBits: EPT.A | EPT.D,
   // SDM: an EPT entry is present if any of bits 2:0 is set, or bit 10 under mode-based execute control.
   present: (entry) => (entry & (EPT.R | EPT.W | EPT.X | EPT.XU)) !== 0n,
   describe: (entry, leaf) => describeEptBits(entry, leaf),
@@ -65,12 +67,46 @@ export class Ept extends RadixTable {
     return encodeEptp({ root: this.root.address, levels: this.levels, memoryType: options.memoryType ?? 'WB', accessDirty: options.accessDirty ?? true });
   }
 
-  /** Every leaf as (GPA, level, raw entry). */
+  /** Every leaf as (GPA, level, raw entry). APT entries are not leaves of their own. */
   leaves(): { gpa: bigint; level: LeafLevel; entry: bigint }[] {
     const out: { gpa: bigint; level: LeafLevel; entry: bigint }[] = [];
     this.forEachLeaf((input, level, entry) => out.push({ gpa: input, level, entry }));
     return out;
   }
+
+  /**
+   * The mapped GPA space as maximal runs: adjacent leaves whose HPAs are contiguous and whose
+   * rights and memory type are equal merge into one region. What a backend that realises a
+   * context as memory slots (one slot per region) needs.
+   */
+  regions(): EptRegion[] {
+    const out: EptRegion[] = [];
+    const rightsMask = EPT.R | EPT.W | EPT.X | EPT.XU | EPT.MT_MASK | EPT.IPAT;
+    for (const leaf of this.leaves()) {
+      const size = 1n << levelShift(leaf.level);
+      const hpa = leaf.entry & ADDRESS_MASK & ~(size - 1n);
+      const bits = leaf.entry & rightsMask;
+      const last = out[out.length - 1];
+      if (last && last.gpa + last.size === leaf.gpa && last.hpa + last.size === hpa && last.bits === bits) {
+        last.size += size;
+      } else {
+        out.push({ gpa: leaf.gpa, hpa, size, bits, flags: decodeEptFlags(leaf.entry) });
+      }
+    }
+    return out;
+  }
+}
+
+/** A run of GPA space mapped contiguously with one set of rights. */
+export interface EptRegion {
+  gpa: bigint;
+  hpa: bigint;
+  /** Bytes. */
+  size: bigint;
+  /** Raw rights and memory-type bits of the leaves. */
+  bits: bigint;
+  /** The same, typed. */
+  flags: EptFlags;
 }
 
 /** The fields of an EPT pointer. */

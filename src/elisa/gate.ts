@@ -29,7 +29,7 @@
  *   reach the sub context: it runs on its own stack and cannot see the guest's.
  * - Out: RAX = the entry function's return value, or -1 when the gate refused
  *   (interrupts enabled, or slot 1 did not hold the sub EPTP after writing it).
- * - Preserved: RBX, RBP, R12 (saved on the guest stack, 24 bytes plus the return
+ * - Preserved: RBX, RBP, R12 (saved on the guest stack: 32 bytes with the return
  *   address), RSP, and R13–R15 as long as the entry function follows System V.
  *   Clobbered: RAX, RCX, RDX, RSI, RDI, R8–R11, RFLAGS arithmetic flags.
  * - Interrupts MUST be off (RFLAGS.IF = 0) for the whole trip: an interrupt in the gate
@@ -44,7 +44,10 @@
  * write an arbitrary EPTP into an arbitrary slot), every store of slot 1 is followed by
  * a re-check against an immediate, and the sub context clears slot 1 as its very first
  * instruction. The gate code reads no data from its own page: code pages may be mapped
- * execute-only in the EPT.
+ * execute-only in the EPT. An immediate may happen to contain VMFUNC's bytes (a sub EPTP
+ * of 0x..d4010f..); entering there runs a VMFUNC with the guest's own EAX/ECX, which
+ * reaches nothing the guest could not reach anyway (test/elisa/gate-model.test.ts
+ * enters the gate page at every byte offset with such an EPTP).
  */
 import {
   Assembler, AsmError, Cond, qword, rip,
@@ -77,7 +80,7 @@ export class GateError extends Error {
 export type VaBits = 48 | 57;
 
 /** A VMFUNC instruction in a generated page. */
-export interface VmfuncSite {
+export interface PageVmfunc {
   /** Offset of the instruction's first byte within the page. */
   readonly offset: number;
   /** Its guest-virtual address. */
@@ -97,7 +100,7 @@ export interface GeneratedPage {
   /** Offsets of the named positions (see the `*_LABEL` names in the generators). */
   readonly labels: ReadonlyMap<string, number>;
   /** Every VMFUNC in the page, in address order (for backends that trap or rewrite them). */
-  readonly vmfuncs: readonly VmfuncSite[];
+  readonly vmfuncs: readonly PageVmfunc[];
 }
 
 /** Parameters of the default-context pages. */
@@ -109,7 +112,7 @@ export interface EntryPagesParams {
 }
 
 /** Parameters of the gate code page. */
-export interface GateCodeParams {
+export interface GatePageParams {
   /** Page-aligned GVA of the middle page (where the gate code is mapped in the gate context). */
   readonly middleGva: bigint;
   /** The EPTP of the sub context, written into slot 1. */
@@ -123,7 +126,7 @@ export interface GateCodeParams {
 }
 
 /** Parameters of the sub code page. */
-export interface SubCodeParams {
+export interface SubPageParams {
   /** Page-aligned GVA of the middle page (where the sub code is mapped in the sub context). */
   readonly middleGva: bigint;
   /** Page-aligned GVA of the EPTP list page as mapped (writable) in the sub context. */
@@ -297,7 +300,7 @@ function finish(role: GeneratedPage['role'], gva: bigint, a: Assembler, slots: R
   if (out.bytes.length !== PAGE_SIZE) {
     throw new GateError(`${role} page: generated ${out.bytes.length} bytes instead of exactly ${PAGE_SIZE}`);
   }
-  const vmfuncs: VmfuncSite[] = [];
+  const vmfuncs: PageVmfunc[] = [];
   for (const [label, slot] of slots) {
     const offset = out.labels.get(label);
     if (offset === undefined) throw new GateError(`${role} page: internal label ${label} missing`);
@@ -401,7 +404,7 @@ function checkEntryPages(top: GeneratedPage, bottom: GeneratedPage): void {
  * The invalid-attempt path (slot check failed or IF = 1) clears slot 1, sets RBX = -1
  * and ends the page with VMFUNC(0, 0), so it lands on the bottom page's return path.
  */
-export function buildGateCodePage(params: GateCodeParams): GeneratedPage {
+export function buildGateCodePage(params: GatePageParams): GeneratedPage {
   const vaBits = checkVaBits(params.vaBits);
   const mid = checkMiddle(params.middleGva, vaBits);
   const subEptp = checkEptp('subEptp', params.subEptp);
@@ -433,7 +436,7 @@ function generateGatePage(mid: bigint, subEptp: bigint, list: bigint, stackTop: 
   a.jcc(Cond.NE, invalid, 'near');
   // PUSHFQ needs a stack, and the guest's is not mapped here: borrow the gate stack.
   a.mov(rcx, rsp);
-  a.movabs(rsp, stackTop);
+  a.movabs(rsp, BigInt.asUintN(64, stackTop)); // a top of 2^64 is RSP = 0: pushes wrap, as on the CPU
   a.pushfq();
   a.pop(rax);
   a.mov(rsp, rcx);
@@ -479,7 +482,7 @@ function checkGatePage(page: GeneratedPage, list: bigint): void {
  * registers, keep the result in RBX, restore RSP, and end the page with VMFUNC(0,0) so
  * execution continues at the bottom page's return path.
  */
-export function buildSubCodePage(params: SubCodeParams): GeneratedPage {
+export function buildSubCodePage(params: SubPageParams): GeneratedPage {
   const vaBits = checkVaBits(params.vaBits);
   const mid = checkMiddle(params.middleGva, vaBits);
   const list = checkPageGva('eptpListGva', params.eptpListGva, vaBits);
@@ -496,7 +499,7 @@ export function buildSubCodePage(params: SubCodeParams): GeneratedPage {
   a.bind(a.label(LABEL_SUB_ENTRY));
   a.mov(qword(slot1), 0); // first thing: the sub context cannot be re-entered without the gate
   a.mov(rax, rsp); // the guest's RSP, meaningless here, restored for the return path
-  a.movabs(rsp, stackTop);
+  a.movabs(rsp, BigInt.asUintN(64, stackTop));
   a.push(rax);
   a.push(rbp);
   a.mov(rbp, rsp);
@@ -538,16 +541,47 @@ export function buildGatePages(params: GatePagesParams): GatePages {
   const { top, bottom } = buildEntryPages(params);
   const gate = buildGateCodePage({ ...params, eptpListGva: params.gateEptpListGva });
   const sub = buildSubCodePage({ ...params, eptpListGva: params.subEptpListGva });
+  const pages = { top, bottom, gate, sub, entryGva: top.gva + BigInt(labelOf(top, LABEL_GATE_ENTRY)) };
+  verifyGatePages(pages, params);
+  return pages;
+}
+
+/**
+ * Checks the layout invariants on the bytes of four gate pages (as built by
+ * {@link buildGatePages}, possibly copied or transported since), and throws a
+ * {@link GateError} naming the first violated one:
+ * VMFUNC(0,511) with EAX=0, ECX=511 ends the top page and elisa_gate_entry starts with
+ * endbr64; the return path starts the bottom page; the gate's VMFUNC(0,1) ends exactly at
+ * {@link SUB_ENTRY_OFFSET}, where the sub code starts by clearing slot 1; the gate's
+ * invalid-attempt path clears slot 1 and ends the page with RBX=-1 and VMFUNC(0,0); the
+ * sub page ends with VMFUNC(0,0); both VMFUNC(0,0) therefore continue at the bottom page.
+ */
+export function verifyGatePages(pages: GatePages, params: Pick<GatePagesParams, 'gateEptpListGva' | 'subEptpListGva'>): void {
+  const { top, bottom, gate, sub } = pages;
+  for (const p of [top, bottom, gate, sub]) {
+    if (p.bytes.length !== PAGE_SIZE) throw new GateError(`${p.role} page is ${p.bytes.length} bytes, not ${PAGE_SIZE}`);
+  }
+  if (top.gva + BigInt(PAGE_SIZE) !== gate.gva || gate.gva !== sub.gva || gate.gva + BigInt(PAGE_SIZE) !== bottom.gva) {
+    throw new GateError('layout invariant violated: top, middle (gate and sub) and bottom pages are not consecutive');
+  }
+  for (const p of [top, bottom, gate, sub]) {
+    for (const v of p.vmfuncs) expectBytes(p, v.offset, VMFUNC_BYTES, `exported VMFUNC site at ${hex(v.offset)}`);
+  }
+  checkEntryPages(top, bottom);
+  checkGatePage(gate, params.gateEptpListGva);
+  checkSubPage(sub, params.subEptpListGva);
   if (labelOf(gate, LABEL_SUB_ENTRY) !== labelOf(sub, LABEL_SUB_ENTRY)) {
     throw new GateError('layout invariant violated: the sub entry is not right after the gate VMFUNC(0,1)');
   }
   for (const p of [gate, sub]) {
-    const last = p.vmfuncs[p.vmfuncs.length - 1]!;
-    if (last.offset + 3 !== PAGE_SIZE || last.gva + 3n !== bottom.gva || last.slot !== EPTP_SLOT_DEFAULT) {
+    const last = p.vmfuncs[p.vmfuncs.length - 1];
+    if (!last || last.offset + 3 !== PAGE_SIZE || last.gva + 3n !== bottom.gva || last.slot !== EPTP_SLOT_DEFAULT) {
       throw new GateError(`layout invariant violated: the ${p.role} page's VMFUNC(0,0) does not end at the bottom page`);
     }
   }
-  return { top, bottom, gate, sub, entryGva: top.gva + BigInt(labelOf(top, LABEL_GATE_ENTRY)) };
+  if (pages.entryGva !== top.gva + BigInt(labelOf(top, LABEL_GATE_ENTRY))) {
+    throw new GateError('layout invariant violated: entryGva is not the address of elisa_gate_entry');
+  }
 }
 
 /**
@@ -569,6 +603,33 @@ export function libelisaLayout(middleGva: bigint, subStackSize = 8n << 20n, vaBi
   checkRange('gate stack', mid + 2n * page, gateStackTop - 1n, bits);
   checkRange('sub stack', mid + 2n * page, subStackTop - 1n, bits);
   return { middleGva: mid, gateEptpListGva: mid + page, subEptpListGva: mid + page, gateStackTop, subStackTop, vaBits: bits };
+}
+
+// ------------------------------------------------------------------ for backends without VMFUNC
+
+/** Bytes that replace a VMFUNC in {@link trapVmfuncs}: `nop; out imm8, al`. */
+export function vmfuncTrapBytes(port: number): number[] {
+  if (!Number.isInteger(port) || port < 0 || port > 255) throw new GateError(`trap port ${port} does not fit in an imm8`);
+  return [0x90, 0xe6, port];
+}
+
+/**
+ * A copy of `page` in which every VMFUNC site is replaced by `nop; out port, al`
+ * (90 e6 port), for a backend that realises EPTP switching by trapping. The OUT comes
+ * last so that it ends exactly where VMFUNC ended: once the backend completes the port
+ * write and switches contexts, execution continues at the same next instruction (for
+ * the page-ending sites, at the start of the following page in the new context). AL is
+ * 0 at every generated site (EAX = 0 for VMFUNC leaf 0); the backend reads ECX for the
+ * list index. Throws if a site does not hold a VMFUNC.
+ */
+export function trapVmfuncs(page: GeneratedPage, port: number): Uint8Array {
+  const trap = vmfuncTrapBytes(port);
+  const out = Uint8Array.from(page.bytes);
+  for (const v of page.vmfuncs) {
+    expectBytes(page, v.offset, VMFUNC_BYTES, `VMFUNC site at ${hex(v.offset)} to trap`);
+    out.set(trap, v.offset);
+  }
+  return out;
 }
 
 // ------------------------------------------------------------------ layout constants

@@ -90,28 +90,27 @@ export function resolveMapRequests(requests: readonly MapRequest[], geometry: Ma
   const out: ResolvedMapRequest[] = [];
   const gpaReach = Math.min(geometry.maxPhysAddr, 12 + 9 * geometry.eptLevels);
   requests.forEach((req, index) => {
-    const what = label(req, index);
-    const wrap = (fn: () => void): void => {
-      try { fn(); } catch (err) { throw new MapRequestError(`${what}: ${err instanceof Error ? err.message : String(err)}`); }
-    };
-    wrap(() => checkLeafLevel(req.level));
-    const size = levelSize(req.level);
-    if (typeof req.gva !== 'bigint' || typeof req.gpa !== 'bigint') throw new MapRequestError(`${what}: gva and gpa must be bigints`);
-    wrap(() => {
+    const what = (): string => label(req, index);
+    let physical: bigint;
+    try {
+      checkLeafLevel(req.level);
+      if (typeof req.gva !== 'bigint' || typeof req.gpa !== 'bigint') throw new MapRequestError('gva and gpa must be bigints');
+      const size = levelSize(req.level);
       checkCanonical(req.gva, linearBits(geometry.ptLevels), 'GVA');
       checkCanonical(req.gva + size - 1n, linearBits(geometry.ptLevels), `last byte of the ${leafSizeName(req.level)} range at GVA`);
       checkAligned(req.gva, size, `GVA of a ${leafSizeName(req.level)} mapping`);
       checkAligned(req.gpa, size, `GPA of a ${leafSizeName(req.level)} mapping`);
       encodePtFlags(req.pt);
       encodeEptFlags(req.ept, geometry);
-    });
-    if (req.gpa < 0n || req.gpa + size > 1n << BigInt(gpaReach)) {
-      throw new MapRequestError(`${what}: GPA ${hex(req.gpa)} (+${leafSizeName(req.level)}) is beyond the ${gpaReach}-bit guest-physical reach (MAXPHYADDR ${geometry.maxPhysAddr}, ${geometry.eptLevels}-level EPT)`);
+      if (req.gpa < 0n || req.gpa + size > 1n << BigInt(gpaReach)) {
+        throw new MapRequestError(`GPA ${hex(req.gpa)} (+${leafSizeName(req.level)}) is beyond the ${gpaReach}-bit guest-physical reach (MAXPHYADDR ${geometry.maxPhysAddr}, ${geometry.eptLevels}-level EPT)`);
+      }
+      physical = resolveSource(req, resolver, 'source');
+      if (physical % size !== 0n || physical < 0n) throw new MapRequestError(`source physical address ${hex(physical)} is not aligned to ${leafSizeName(req.level)}`);
+      if (physical + size > 1n << BigInt(geometry.maxPhysAddr)) throw new MapRequestError(`source physical address ${hex(physical)} is beyond the ${geometry.maxPhysAddr}-bit physical-address width`);
+    } catch (err) {
+      throw new MapRequestError(`${what()}: ${err instanceof Error ? err.message : String(err)}`);
     }
-    let physical = 0n;
-    wrap(() => { physical = resolveSource(req, resolver, 'source'); });
-    if (physical % size !== 0n || physical < 0n) throw new MapRequestError(`${what}: source physical address ${hex(physical)} is not aligned to ${leafSizeName(req.level)}`);
-    if (physical + size > 1n << BigInt(geometry.maxPhysAddr)) throw new MapRequestError(`${what}: source physical address ${hex(physical)} is beyond the ${geometry.maxPhysAddr}-bit physical-address width`);
     out.push({ ...req, physical });
   });
   checkOverlaps(out, 'gva', 'GVA', () => false);
@@ -123,14 +122,16 @@ export function resolveMapRequests(requests: readonly MapRequest[], geometry: Ma
 function checkOverlaps(reqs: ResolvedMapRequest[], key: 'gva' | 'gpa', name: string, alias: (a: ResolvedMapRequest, b: ResolvedMapRequest) => boolean): void {
   const order = reqs.map((r, i) => ({ r, i })).sort((a, b) => (a.r[key] < b.r[key] ? -1 : a.r[key] > b.r[key] ? 1 : 0));
   // Keep the request reaching furthest so far: a sorted sweep finds every overlap.
-  let reach: { r: ResolvedMapRequest; i: number; end: bigint } | undefined;
+  let reach: { r: ResolvedMapRequest; i: number } | undefined;
+  let reachEnd = 0n;
   for (const cur of order) {
-    const end = cur.r[key] + levelSize(cur.r.level);
-    if (reach && cur.r[key] < reach.end && !alias(reach.r, cur.r)) {
+    const start = cur.r[key];
+    const end = start + levelSize(cur.r.level);
+    if (reach && start < reachEnd && !alias(reach.r, cur.r)) {
       const [first, second] = reach.i < cur.i ? [reach, cur] : [cur, reach];
       throw new MapRequestError(`${label(second.r, second.i)} overlaps ${label(first.r, first.i)} in ${name} space: ` +
         `[${hex(first.r[key])}, ${hex(first.r[key] + levelSize(first.r.level))}) and [${hex(second.r[key])}, ${hex(second.r[key] + levelSize(second.r.level))})`);
     }
-    if (!reach || end > reach.end) reach = { ...cur, end };
+    if (!reach || end > reachEnd) { reach = cur; reachEnd = end; }
   }
 }

@@ -62,6 +62,8 @@ export class ArenaAllocator implements PageAllocator {
   private allocatedCount = 0;
   private freedCount = 0;
   private next = 0;
+  /** A buffer we created is zero-filled by the engine; one handed to us may hold anything. */
+  private readonly freshIsZero: boolean;
 
   /**
    * @param pageCount pages in the arena (the ArrayBuffer is pageCount * 4 KiB)
@@ -78,6 +80,7 @@ export class ArenaAllocator implements PageAllocator {
     this.base = base;
     this.pageCount = pageCount;
     this.inUseFlags = new Uint8Array(pageCount);
+    this.freshIsZero = buffer === undefined;
   }
 
   /** Physical address one past the arena's last byte. */
@@ -87,13 +90,14 @@ export class ArenaAllocator implements PageAllocator {
 
   allocate(): PhysPage {
     let index: number;
+    let dirty = true;
     if (this.freeList.length > 0) index = this.freeList.pop()!;
-    else if (this.next < this.pageCount) index = this.next++;
+    else if (this.next < this.pageCount) { index = this.next++; dirty = !this.freshIsZero; }
     else throw new OutOfMemoryError(`arena at 0x${this.base.toString(16)} is full: all ${this.pageCount} pages are in use`);
     this.inUseFlags[index] = 1;
     this.allocatedCount++;
     const bytes = new Uint8Array(this.buffer, index * PAGE_SIZE, PAGE_SIZE);
-    bytes.fill(0);
+    if (dirty) bytes.fill(0);
     return { address: this.base + BigInt(index) * PAGE_SIZE_N, bytes };
   }
 

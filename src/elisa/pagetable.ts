@@ -1,8 +1,8 @@
 // Guest page tables (4-level and 5-level/LA57): GVA → GPA with typed permissions.
 
-import { checkCanonical, linearBits, type LeafLevel, type WalkLevels } from './address';
+import { checkCanonical, hex, linearBits, type LeafLevel, type WalkLevels } from './address';
 import { describePtBits, encodePtFlags, PT, type PtFlags } from './flags';
-import type { PageAllocator } from './memory';
+import type { PageAllocator, PhysPage } from './memory';
 import { RadixTable, type TableKind } from './table';
 
 const PT_KIND: TableKind = {
@@ -11,6 +11,7 @@ const PT_KIND: TableKind = {
   outputName: 'GPA',
   // Non-leaf entries allow everything; the leaf (and any stricter level) decides.
   tableBits: PT.P | PT.W | PT.U,
+  hardwareBits: PT.A | PT.D,
   present: (entry) => (entry & PT.P) !== 0n,
   describe: (entry) => describePtBits(entry),
 };
@@ -21,6 +22,8 @@ export interface GuestPageTableOptions {
   levels: WalkLevels;
   /** MAXPHYADDR: GPAs must be below 2^maxPhysAddr. Default 52. */
   maxPhysAddr?: number;
+  /** The GPA at which each new table page will be visible (default: its physical address); called once per page. */
+  tableAddress?: (page: PhysPage) => bigint;
 }
 
 /** Options of one mapping. */
@@ -34,7 +37,7 @@ export function signExtend(va: bigint, bits: number): bigint {
   return (va >> BigInt(bits - 1)) & 1n ? va | (((1n << 64n) - 1n) ^ ((1n << BigInt(bits)) - 1n)) : va;
 }
 
-/** A guest page-table tree; `root.address` is what CR3 holds (as a GPA, once mapped in an EPT). */
+/** A guest page-table tree; `rootAddress` is what CR3 holds (a GPA, once the table pages are mapped in an EPT). */
 export class GuestPageTable extends RadixTable {
   /** Allocates the root table. */
   constructor(allocator: PageAllocator, options: GuestPageTableOptions) {
@@ -50,6 +53,10 @@ export class GuestPageTable extends RadixTable {
   map(gva: bigint, gpa: bigint, level: LeafLevel, flags: PtFlags, options: MapOptions = {}): void {
     checkCanonical(gva, this.linearBits, 'GVA');
     this.mapRaw(gva & ((1n << BigInt(this.linearBits)) - 1n), gpa, level, encodePtFlags(flags), options.replace ?? false);
+  }
+
+  protected override showInput(input: bigint): string {
+    return hex(signExtend(input, this.linearBits));
   }
 
   /** Every leaf as (canonical GVA, level, raw entry). */

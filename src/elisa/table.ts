@@ -19,6 +19,8 @@ export interface TableKind {
   readonly outputName: string;
   /** Bits of a non-leaf entry besides the address (the most permissive; leaves decide). */
   readonly tableBits: bigint;
+  /** Bits the CPU itself sets (accessed/dirty): ignored when comparing entries. */
+  readonly hardwareBits: bigint;
   /** Whether an entry is present. */
   present(entry: bigint): boolean;
   /** Text form of an entry's flags, for messages. */
@@ -36,6 +38,12 @@ export interface TableOptions {
   levels: WalkLevels;
   /** Physical-address width (MAXPHYADDR): outputs must be below 2^maxPhysAddr. Default 52. */
   maxPhysAddr?: number;
+  /**
+   * The address by which table entries (and CR3/EPTP) refer to a newly allocated table page.
+   * Default: its physical address. A guest page table placed at other GPAs passes a function
+   * handing out those GPAs (called once per page, at allocation).
+   */
+  tableAddress?: (page: PhysPage) => bigint;
 }
 
 /** The translation a tree currently gives one input address (structure only, no permission checks). */
@@ -43,7 +51,7 @@ export type Lookup =
   | { mapped: true; level: LeafLevel; entry: bigint; output: bigint; leafBase: bigint }
   | { mapped: false; level: number };
 
-interface Node { page: PhysPage; view: DataView }
+interface Node { page: PhysPage; view: DataView; address: bigint }
 
 /** A radix tree of tables in allocator pages. Subclasses add typed flags and input validation. */
 export class RadixTable {
@@ -53,12 +61,15 @@ export class RadixTable {
   readonly maxPhysAddr: number;
   /** The root table page. */
   readonly root: PhysPage;
+  /** The address entries, CR3 or the EPTP use for the root (its physical address unless tableAddress says otherwise). */
+  readonly rootAddress: bigint;
   protected readonly kind: TableKind;
   protected readonly allocator: PageAllocator;
   private readonly nodes = new Map<bigint, Node>();
   private aptEntries: bigint[] | undefined;
   private readonly aptPages: PhysPage[] = [];
   private destroyed = false;
+  private readonly tableAddress: (page: PhysPage) => bigint;
 
   /** Allocates the root table. */
   constructor(allocator: PageAllocator, kind: TableKind, options: TableOptions) {
@@ -71,12 +82,21 @@ export class RadixTable {
     this.maxPhysAddr = maxPhysAddr;
     this.kind = kind;
     this.allocator = allocator;
-    this.root = this.newNode(undefined).page;
+    this.tableAddress = options.tableAddress ?? ((page) => page.address);
+    const root = this.newNode(undefined);
+    this.root = root.page;
+    this.rootAddress = root.address;
   }
 
   /** Every table page of the tree (root first), including APT pages. */
   tablePages(): PhysPage[] {
     return [...[...this.nodes.values()].map((n) => n.page), ...this.aptPages];
+  }
+
+  /** Every table page with the address entries use for it (APT pages included). */
+  tableAddresses(): { page: PhysPage; address: bigint }[] {
+    return [...[...this.nodes.values()].map((n) => ({ page: n.page, address: n.address })),
+      ...this.aptPages.map((page) => ({ page, address: page.address }))];
   }
 
   /** Number of table pages (including APT pages). */
@@ -96,7 +116,7 @@ export class RadixTable {
 
   /** The translation the tree gives `input` (structure only). */
   lookup(input: bigint): Lookup {
-    let node = this.nodes.get(this.root.address)!;
+    let node = this.nodes.get(this.rootAddress)!;
     for (let level = this.levels as number; level >= 1; level--) {
       const entry = node.view.getBigUint64(tableIndex(input, level) * 8, true);
       if (this.isUnmapped(entry, level)) return { mapped: false, level };
@@ -128,7 +148,7 @@ export class RadixTable {
     const wanted = this.leafEntry(output, level, leafBits);
 
     // Check first, mutate second: a refused mapping leaves the tree untouched.
-    let node = this.nodes.get(this.root.address)!;
+    let node = this.nodes.get(this.rootAddress)!;
     for (let lvl = this.levels as number; lvl >= level; lvl--) {
       const entry = node.view.getBigUint64(tableIndex(input, lvl) * 8, true);
       if (this.isUnmapped(entry, lvl)) break;
@@ -138,7 +158,7 @@ export class RadixTable {
         const existingSize = levelSize(lvl);
         const base = entry & ADDRESS_MASK & ~(existingSize - 1n);
         const current = this.leafEntry(base + (input & (existingSize - 1n)), level, entry & ~ADDRESS_MASK & ~PS);
-        if (current === wanted) return; // already exactly this translation
+        if ((current & ~this.kind.hardwareBits) === (wanted & ~this.kind.hardwareBits)) return; // already exactly this translation
         if (!replace) this.conflict(input, level, lvl, entry);
         break;
       }
@@ -151,16 +171,16 @@ export class RadixTable {
       node = this.child(entry);
     }
 
-    node = this.nodes.get(this.root.address)!;
+    node = this.nodes.get(this.rootAddress)!;
     for (let lvl = this.levels as number; lvl > level; lvl--) {
       const index = tableIndex(input, lvl) * 8;
       const entry = node.view.getBigUint64(index, true);
       if (this.isUnmapped(entry, lvl)) {
         const fresh = this.newNode(lvl - 1);
-        node.view.setBigUint64(index, fresh.page.address | this.kind.tableBits, true);
+        node.view.setBigUint64(index, fresh.address | this.kind.tableBits, true);
         node = fresh;
       } else if (entry & PS) {
-        node.view.setBigUint64(index, this.split(entry, lvl).page.address | this.kind.tableBits, true);
+        node.view.setBigUint64(index, this.split(entry, lvl).address | this.kind.tableBits, true);
         node = this.child(node.view.getBigUint64(index, true));
       } else {
         node = this.child(entry);
@@ -195,7 +215,7 @@ export class RadixTable {
     }
     entries[this.levels] = below!.address | this.kind.tableBits;
     this.aptEntries = entries;
-    this.fillEmpty(this.nodes.get(this.root.address)!, this.levels);
+    this.fillEmpty(this.nodes.get(this.rootAddress)!, this.levels);
     return Number(process.hrtime.bigint() - started) / 1e6;
   }
 
@@ -206,7 +226,7 @@ export class RadixTable {
 
   /** True if an entry maps nothing of its own (not present, or an APT chain entry). */
   protected isUnmapped(entry: bigint, level: number): boolean {
-    return !this.kind.present(entry) || (this.aptEntries !== undefined && entry === this.aptEntries[level]);
+    return !this.kind.present(entry) || (this.aptEntries !== undefined && (entry & ~this.kind.hardwareBits) === this.aptEntries[level]);
   }
 
   /** Visits every leaf in input-address order (inputs are sign-extension-free tree indexes). */
@@ -220,11 +240,16 @@ export class RadixTable {
         else walk(this.child(entry), level - 1, input);
       }
     };
-    walk(this.nodes.get(this.root.address)!, this.levels, 0n);
+    walk(this.nodes.get(this.rootAddress)!, this.levels, 0n);
   }
 
   private leafEntry(output: bigint, level: number, leafBits: bigint): bigint {
     return output | leafBits | (level > 1 ? PS : 0n);
+  }
+
+  /** How an input address is shown in messages (the guest table shows canonical GVAs). */
+  protected showInput(input: bigint): string {
+    return hex(input);
   }
 
   private conflict(input: bigint, level: number, existingLevel: number, entry: bigint, at?: bigint): never {
@@ -232,16 +257,23 @@ export class RadixTable {
     const where = at ?? input;
     const base = where & ~(size - 1n);
     throw new MappingConflictError(
-      `${this.kind.name}: cannot map ${this.kind.inputName} ${hex(input)} (${leafSizeName(level)}): ` +
-      `${this.kind.inputName} ${hex(base)} is already mapped (${leafSizeName(existingLevel)} → ${this.kind.outputName} ` +
+      `${this.kind.name}: cannot map ${this.kind.inputName} ${this.showInput(input)} (${leafSizeName(level)}): ` +
+      `${this.kind.inputName} ${this.showInput(base)} is already mapped (${leafSizeName(existingLevel)} → ${this.kind.outputName} ` +
       `${hex(entry & ADDRESS_MASK & ~(size - 1n))}, ${this.kind.describe(entry, true)}); pass replace: true to remap`);
   }
 
   private newNode(level: number | undefined): Node {
     const page = this.allocator.allocate();
     const view = new DataView(page.bytes.buffer, page.bytes.byteOffset, page.bytes.byteLength);
-    const node = { page, view };
-    this.nodes.set(page.address, node);
+    let address: bigint;
+    try {
+      address = this.tableAddress(page);
+    } catch (err) {
+      this.allocator.free(page);
+      throw err;
+    }
+    const node = { page, view, address };
+    this.nodes.set(address, node);
     if (level !== undefined && this.aptEntries) {
       const fill = this.aptEntries[level]!;
       for (let i = 0; i < 512; i++) view.setBigUint64(i * 8, fill, true);
@@ -286,7 +318,7 @@ export class RadixTable {
         if (!this.isUnmapped(entry, level) && !(entry & PS)) this.freeSubtree(this.child(entry), level - 1);
       }
     }
-    this.nodes.delete(node.page.address);
+    this.nodes.delete(node.address);
     this.allocator.free(node.page);
   }
 
@@ -295,7 +327,7 @@ export class RadixTable {
     for (let i = 0; i < 512; i++) {
       const entry = node.view.getBigUint64(i * 8, true);
       if (!this.kind.present(entry)) node.view.setBigUint64(i * 8, apt[level]!, true);
-      else if (level > 1 && !(entry & PS) && entry !== apt[level]) this.fillEmpty(this.child(entry), level - 1);
+      else if (level > 1 && !(entry & PS) && (entry & ~this.kind.hardwareBits) !== apt[level]) this.fillEmpty(this.child(entry), level - 1);
     }
   }
 }

@@ -176,7 +176,7 @@ export class GuestMemory implements Disposable {
 
   /** @internal Records that `user` put this memory into `slot`. */
   attach(user: MemoryUser, slot: number): void {
-    this.buffer; // throws if disposed
+    if (this.#buffer === undefined) throw new DisposedError(this.toString());
     let slots = this.#users.get(user);
     if (!slots) this.#users.set(user, slots = new Set());
     slots.add(slot);

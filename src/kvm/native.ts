@@ -18,6 +18,8 @@ export interface NativeVcpuRunner {
   lastInterruptCause(): number;
   /** True while a runAsync is in flight. */
   isRunning(): boolean;
+  /** n KVM_RUNs in C++ (benchmark baseline inside this process); returns how many gave `expected`. */
+  runLoop(n: number, expected: number): number;
   /** Kicks and joins a run in flight, stops the thread, unmaps kvm_run. Idempotent. */
   close(): void;
 }

@@ -20,7 +20,7 @@ export class SyncRegsView {
   constructor(readonly view: DataView, readonly supported: number, private readonly owner: string) {}
 
   /** The areas KVM stores at each exit (kvm_run.kvm_valid_regs). */
-  get requested(): number { return Number(this.view.getBigUint64(KvmRun.kvm_valid_regs, true)); }
+  get requested(): number { return this.view.getUint32(KvmRun.kvm_valid_regs, true); } // every defined bit is in the low word
 
   /**
    * Asks KVM to store `mask` (SyncRegs bits) into kvm_run at every exit from now
@@ -35,13 +35,13 @@ export class SyncRegsView {
   }
 
   /** Areas that will be loaded into the vCPU at the next run (kvm_run.kvm_dirty_regs). */
-  get dirty(): number { return Number(this.view.getBigUint64(KvmRun.kvm_dirty_regs, true)); }
+  get dirty(): number { return this.view.getUint32(KvmRun.kvm_dirty_regs, true); }
 
   /** Areas whose kvm_run copy currently holds the vCPU's state (or a full value written by us). */
   get valid(): number { return this.#valid; }
 
   /** @internal Called after every KVM_RUN: KVM stored exactly the requested areas. */
-  afterRun(): void { this.#valid = Number(this.view.getBigUint64(KvmRun.kvm_valid_regs, true)); }
+  afterRun(): void { this.#valid = this.view.getUint32(KvmRun.kvm_valid_regs, true); } // no BigInt: runs on the hot path
 
   /** @internal The kvm_run copies now hold full values for `mask` (set by a whole-area write). */
   markValid(mask: number): void { this.#valid |= mask; }

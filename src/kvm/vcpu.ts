@@ -91,7 +91,10 @@ export class Vcpu implements Disposable {
    * A DataView over this vCPU's kvm_run mapping (no copy). Valid until dispose(),
    * which detaches it. Offsets: src/kvm/layout.ts (KvmRun).
    */
-  get runView(): DataView { this.fd; return this.#runView; }
+  get runView(): DataView {
+    if (this.#runner === undefined) throw new DisposedError(`Vcpu ${this.id}`);
+    return this.#runView;
+  }
 
   #struct(size: number): Uint8Array { return this.#scratch.subarray(0, size); }
 
@@ -99,8 +102,9 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_REGS (or the pending KVM_CAP_SYNC_REGS copy if one is marked dirty). */
   getRegs(): Regs {
+    const fd = this.fd;
     if (this.sync.dirty & SyncRegs.REGS) return decodeRegs(this.#runView, KvmRun.sync_regs);
-    native.getRegs(this.fd, this.#struct(Sizeof.kvm_regs));
+    native.getRegs(fd, this.#struct(Sizeof.kvm_regs));
     return decodeRegs(this.#scratchView);
   }
 
@@ -121,8 +125,9 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_SREGS (or the pending synced copy). */
   getSregs(): Sregs {
+    const fd = this.fd;
     if (this.sync.dirty & SyncRegs.SREGS) return decodeSregs(this.#runView, KvmRun.sync_sregs);
-    native.getSregs(this.fd, this.#struct(Sizeof.kvm_sregs));
+    native.getSregs(fd, this.#struct(Sizeof.kvm_sregs));
     return decodeSregs(this.#scratchView);
   }
 
@@ -148,8 +153,9 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_VCPU_EVENTS (or the pending synced copy). */
   getVcpuEvents(): VcpuEvents {
+    const fd = this.fd;
     if (this.sync.dirty & SyncRegs.EVENTS) return decodeVcpuEvents(this.#runView, KvmRun.sync_events);
-    native.getVcpuEvents(this.fd, this.#struct(Sizeof.kvm_vcpu_events));
+    native.getVcpuEvents(fd, this.#struct(Sizeof.kvm_vcpu_events));
     return decodeVcpuEvents(this.#scratchView);
   }
 
@@ -235,6 +241,18 @@ export class Vcpu implements Disposable {
     const reason = this.#live().runSync(timeoutMs);
     this.sync.afterRun();
     return reason;
+  }
+
+  /**
+   * `count` KVM_RUNs back to back inside the addon (no JS between them, no
+   * timeout), stopping at the first exit other than `expected`. A measuring
+   * instrument for benchmarks, not a way to drive guests. Returns how many runs
+   * ended with `expected`; lastExit() describes the last one.
+   */
+  runLoop(count: number, expected: ExitReason): number {
+    const n = this.#live().runLoop(count, expected);
+    this.sync.afterRun();
+    return n;
   }
 
   /** One KVM_RUN on the calling thread (blocks it), decoded. */

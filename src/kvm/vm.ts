@@ -3,7 +3,7 @@
 // is reported as what it is (alignment, overlap, size) instead of a bare EINVAL.
 import { Cap, capName, checkCapArgument } from './cap';
 import { MemoryRegionFlag, PAGE_SIZE } from './constants';
-import { DisposedError } from './errors';
+import { DisposedError, KvmError } from './errors';
 import type { GuestMemory, MemoryUser } from './memory';
 import { native } from './native';
 import type { Kvm } from './system';
@@ -64,6 +64,8 @@ export class Vm implements Disposable, MemoryUser {
   readonly #onDispose: () => void;
   readonly #slots = new Map<number, MemoryRegionInfo>();
   readonly #vcpus = new Map<number, Vcpu>();
+  /** Every id ever created: KVM keeps a vCPU until the VM is destroyed, even after its fd is closed. */
+  readonly #usedVcpuIds = new Set<number>();
   #maxSlots = 0;
   /** Process-wide number of this VM, for messages ("Vm 3"). */
   readonly number = nextVmNumber++;
@@ -154,7 +156,12 @@ export class Vm implements Disposable, MemoryUser {
       throw new Error(`memory slot ${slot}: read-only slots need ${capName(Cap.READONLY_MEM)}, which this KVM lacks`);
     }
     const flags = (region.readonly ? MemoryRegionFlag.READONLY : 0) | (region.logDirtyPages ? MemoryRegionFlag.LOG_DIRTY_PAGES : 0);
-    native.setUserMemoryRegion(fd, slot, flags, gpa, BigInt(size), memory.buffer, BigInt(offset));
+    try {
+      native.setUserMemoryRegion(fd, slot, flags, gpa, BigInt(size), memory.buffer, BigInt(offset));
+    } catch (err) {
+      if (err instanceof KvmError) throw new KvmError(err.ioctl, err.errno, `slot ${slot}, gpa ${hex(gpa)}, size ${hex(size)}, flags ${flags}`);
+      throw err;
+    }
     const info: MemoryRegionInfo = { slot, guestPhysAddr: gpa, size, memory, offset,
       readonly: region.readonly ?? false, logDirtyPages: region.logDirtyPages ?? false };
     this.#slots.set(slot, info);
@@ -202,11 +209,15 @@ export class Vm implements Disposable, MemoryUser {
   /** The vCPUs created and not disposed, by id. */
   get vcpus(): readonly Vcpu[] { return [...this.#vcpus.values()]; }
 
-  /** KVM_CREATE_VCPU with APIC id `id`; maps its kvm_run. */
-  createVcpu(id = this.#vcpus.size): Vcpu {
+  /** KVM_CREATE_VCPU with APIC id `id` (default: the lowest unused); maps its kvm_run. */
+  createVcpu(id?: number): Vcpu {
     const fd = this.fd;
+    if (id === undefined) for (id = 0; this.#usedVcpuIds.has(id);) id++;
     if (!Number.isInteger(id) || id < 0) throw new RangeError(`vCPU id must be a non-negative integer, got ${id}`);
     if (this.#vcpus.has(id)) throw new Error(`Vm ${this.number} already has a vCPU ${id}`);
+    if (this.#usedVcpuIds.has(id)) {
+      throw new Error(`Vm ${this.number} already created vCPU ${id} (disposed, but KVM keeps vCPUs until the VM is destroyed): use another id`);
+    }
     const vcpuFd = native.createVcpu(fd, id);
     let vcpu: Vcpu;
     try {
@@ -216,6 +227,7 @@ export class Vm implements Disposable, MemoryUser {
       throw err;
     }
     this.#vcpus.set(id, vcpu);
+    this.#usedVcpuIds.add(id);
     return vcpu;
   }
 

@@ -69,8 +69,14 @@ export class ElfSymbols {
     return s.value;
   }
 
-  /** The symbol whose [value, value + size) contains `address` (functions and objects only). */
+  /**
+   * The symbol for `address`: a named symbol exactly there (labels such as `fault_site`
+   * included) if any, else the function or object whose [value, value + size) holds it.
+   */
   containing(address: number): ElfSymbol | undefined {
+    for (const s of this.byName.values()) {
+      if (s.value === address && s.type !== 3 && s.type !== 4) return s;
+    }
     for (const s of this.byName.values()) {
       if ((s.type === 1 || s.type === 2) && address >= s.value && address < s.value + Math.max(s.size, 1)) return s;
     }

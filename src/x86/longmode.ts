@@ -30,14 +30,14 @@ export interface SegmentState {
   limit: number;
   selector: number;
   type: number;
-  present: number;
+  present: boolean;
   dpl: number;
-  db: number;
-  s: number;
-  l: number;
-  g: number;
-  avl: number;
-  unusable: number;
+  db: boolean;
+  s: boolean;
+  l: boolean;
+  g: boolean;
+  avl: boolean;
+  unusable: boolean;
 }
 
 /** GDTR/IDTR (struct kvm_dtable). */
@@ -97,8 +97,8 @@ export function writeSystemStructures(memory: Uint8Array, vcpus: number): void {
 
 function segment(selector: number, type: number, code: boolean): SegmentState {
   return {
-    base: 0n, limit: 0xffffffff, selector, type, present: 1, dpl: 0,
-    db: code ? 0 : 1, s: 1, l: code ? 1 : 0, g: 1, avl: 0, unusable: 0,
+    base: 0n, limit: 0xffffffff, selector, type, present: true, dpl: 0,
+    db: !code, s: true, l: code, g: true, avl: false, unusable: false,
   };
 }
 
@@ -110,9 +110,10 @@ export function longModeState(index: number, vcpus: number, cr3: number | bigint
     ds: data, es: { ...data }, fs: { ...data }, gs: { ...data }, ss: { ...data },
     tr: {
       base: BigInt(tssGpa(index)), limit: TSS_SIZE - 1, selector: tssSelector(index), type: 0xb,
-      present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0,
+      present: true, dpl: 0, db: false, s: false, l: false, g: false, avl: false, unusable: false,
     },
-    ldt: { base: 0n, limit: 0xffff, selector: 0, type: 0x2, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 1 },
+    ldt: { base: 0n, limit: 0xffff, selector: 0, type: 0x2, present: true, dpl: 0,
+      db: false, s: false, l: false, g: false, avl: false, unusable: true },
     gdt: { base: BigInt(GDT_GPA), limit: gdtSize(vcpus) - 1 },
     idt: { base: BigInt(IDT_GPA), limit: IDT_LIMIT },
     cr0: LONG_MODE_CR0, cr3: BigInt(cr3), cr4: LONG_MODE_CR4, efer: LONG_MODE_EFER,

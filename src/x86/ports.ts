@@ -6,6 +6,11 @@
 export const GuestPort = {
   /** Console bytes (outb or rep outsb), appended to the run's console text. */
   console: 0x00e9,
+  /**
+   * 32-bit write of the guest-virtual address (< 4 GiB) of { u64 addr; u64 len }: the
+   * host appends those bytes to the console (one exit per buffer instead of per byte).
+   */
+  consoleBuf: 0x00ea,
   /** 32-bit write: ends the run with that exit code. */
   exit: 0x0500,
   /** Low 32 bits of the 64-bit result (written first). */

@@ -109,3 +109,56 @@ describe('elisa APT', () => {
       }), { numRuns: 15 });
   });
 });
+
+describe('elisa APT after the CPU ran', () => {
+  it('entries the CPU marked accessed/dirty still count as APT (empty) and as the same translation', () => {
+    const arena = new ArenaAllocator(64, 0x8000_0000n);
+    const pt = new GuestPageTable(arena, { levels: 4 });
+    const ept = new Ept(arena, { levels: 4 });
+    const data = arena.allocate();
+    ept.map(0x5000n, data.address, 1, { read: true, write: true });
+    ept.fillApt(pt.root.address);
+    const eptp = ept.eptp();
+    const view = new DataView(ept.root.bytes.buffer, ept.root.bytes.byteOffset, 4096);
+    // The CPU walked GPA 0x3_0000_0000_0000 (root index 96, an APT entry) and set A and D.
+    view.setBigUint64(96 * 8, view.getBigUint64(96 * 8, true) | (3n << 8n), true);
+    const page = arena.allocate();
+    ept.map(0x3000_0000_0000n, page.address, 1, { read: true });
+    const w = walkEpt(arena, eptp, 0x3000_0000_0010n);
+    expect(w.kind === 'ok' && w.hpa).to.equal(page.address + 0x10n);
+    const other = walkEpt(arena, eptp, 0x3000_0020_0000n);
+    expect(other.kind === 'ok' && other.hpa).to.equal(pt.root.address);
+    // A leaf with A/D set by the CPU: mapping it again identically is not a conflict.
+    const leafTable = ept.tablePages().find((p) => new DataView(p.bytes.buffer, p.bytes.byteOffset, 4096).getBigUint64(5 * 8, true) >> 12n === data.address >> 12n)!;
+    const lv = new DataView(leafTable.bytes.buffer, leafTable.bytes.byteOffset, 4096);
+    lv.setBigUint64(5 * 8, lv.getBigUint64(5 * 8, true) | (3n << 8n), true);
+    ept.map(0x5000n, data.address, 1, { read: true, write: true });
+  });
+});
+
+describe('elisa APT and the guest RAM below the base GPA', () => {
+  it('with the default table window, every CR3 below 256 GiB outside the application GPAs reaches the code', () => {
+    const arena = new ArenaAllocator(2400, 0x1_0000_0000n);
+    const entryPage = arena.allocate();
+    const ctx = buildContexts({
+      allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x50_0000n,
+      maps: [{ source: { physical: entryPage.address }, gva: 0x50_0000n, gpa: 0x60_0000n, level: 1, pt: { user: true }, ept: { read: true, execute: true, userExecute: true } }],
+    });
+    // Every context GPA but the application's lies at or above the base: guest RAM below it is all APT.
+    for (const c of [ctx.gate, ctx.sub]) {
+      for (const m of c.mappings) if (m.gpa !== 0x60_0000n) expect(m.gpa >= 1n << 38n, `${m.what} at ${m.gpa.toString(16)}`).to.equal(true);
+      expect(c.ptRootGpa).to.equal((1n << 38n) + (1n << 30n)); // each context's first table, in its own window
+    }
+    fc.assert(fc.property(fc.bigInt({ min: 0n, max: (1n << 26n) - 1n }), (page) => {
+      const cr3 = page << 12n;
+      fc.pre(cr3 !== 0x60_0000n);
+      for (const [name, code] of [['gate', ctx.dataPages.gateCode], ['sub', ctx.dataPages.subCode]] as const) {
+        const w = walk2d({ mem: arena, eptp: ctx[name].eptp, cr3, levels: 4 }, ctx.gva, { fetch: true, user: true });
+        expect(w.kind === 'ok' && w.hpa).to.equal(code.address);
+      }
+    }), { numRuns: 200 });
+    ctx.destroy();
+    arena.free(entryPage);
+    expect(arena.stats().inUse).to.equal(0);
+  });
+});

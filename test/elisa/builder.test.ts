@@ -122,3 +122,83 @@ describe('elisa context builder', () => {
     expect(arena.stats().inUse).to.equal(0);
   });
 });
+
+describe('elisa EPT regions', () => {
+  it('merge contiguous leaves with equal rights, and cover exactly the mapped GPAs of a built sub context', () => {
+    const arena = new ArenaAllocator(2300, 0x1_0000_0000n);
+    const text = arena.allocate();
+    const ctx = buildContexts({
+      allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n,
+      maps: [{ source: { physical: text.address }, gva: 0x40_0000n, gpa: 0x4000_0000n, level: 1, pt: { user: true }, ept: { read: true, execute: true, userExecute: true } }],
+    });
+    const regions = ctx.sub.ept.regions();
+    // The 2048 stack pages were allocated in one run, so their GPAs and HPAs are both contiguous: one region.
+    const stack = regions.find((r) => r.gpa === (1n << 38n) + 0x2000n)!;
+    expect(stack.size).to.equal(8n << 20n);
+    expect(stack.hpa).to.equal(ctx.dataPages.subStack[0]!.address);
+    expect(stack.flags).to.deep.equal({ read: true, write: true, execute: false, userExecute: false, memoryType: 'WB', ignorePat: false });
+    // Every leaf is inside exactly one region, and the regions' total equals the leaves' total.
+    const leaves = ctx.sub.ept.leaves();
+    const total = leaves.reduce((a, l) => a + (1n << BigInt(12 + 9 * (l.level - 1))), 0n);
+    expect(regions.reduce((a, r) => a + r.size, 0n)).to.equal(total);
+    for (const l of leaves) expect(regions.filter((r) => l.gpa >= r.gpa && l.gpa < r.gpa + r.size).length).to.equal(1);
+    // Code (execute-only) and list (R/W) pages are adjacent in GPA but differ in rights: separate regions.
+    expect(regions.find((r) => r.gpa === 1n << 38n)!.size).to.equal(4096n);
+    ctx.destroy();
+    arena.free(text);
+    expect(arena.stats().inUse).to.equal(0);
+  });
+});
+
+describe('elisa builder: source resolution', () => {
+  it('asks the resolver for each virtual/guest-physical source with the mapping size and maps what it returns', () => {
+    const arena = new ArenaAllocator(2300, 0x1_0000_0000n);
+    const calls: string[] = [];
+    const resolver = {
+      resolveVirtual: (va: bigint, size: bigint): bigint => { calls.push(`v ${va.toString(16)} ${size.toString(16)}`); return 0x77_0000_0000n + (va & 0xfff000n); },
+      resolveGuestPhysical: (gpa: bigint, size: bigint): bigint => { calls.push(`g ${gpa.toString(16)} ${size.toString(16)}`); if (size > 4096n) throw new Error(`GPA ${gpa.toString(16)} is not backed by contiguous host memory`); return 0x66_0000_0000n; },
+    };
+    const ctx = buildContexts({
+      allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n, resolver,
+      maps: [
+        { source: { virtual: 0x5555_0000_3000n }, gva: 0x40_0000n, gpa: 0x4000_0000n, level: 1, pt: { user: true }, ept: { execute: true, userExecute: true } },
+        { source: { guestPhysical: 0x1234_5000n }, gva: 0x50_0000n, gpa: 0x4000_1000n, level: 1, pt: { user: true, writable: true, noExecute: true }, ept: { read: true, write: true } },
+      ],
+    });
+    expect(calls).to.deep.equal(['v 555500003000 1000', 'g 12345000 1000']);
+    const sub = { mem: arena, eptp: ctx.sub.eptp, cr3: ctx.sub.ptRootGpa, levels: 4 as const };
+    const w = walk2d(sub, 0x50_0010n, { write: true, user: true });
+    expect(w.kind === 'ok' && w.hpa).to.equal(0x66_0000_0010n);
+    const x = walk2d(sub, 0x40_0010n, { fetch: true, user: true });
+    expect(x.kind === 'ok' && x.hpa).to.equal(0x77_0000_3010n);
+    ctx.destroy();
+    // A resolver failure surfaces with its own words and nothing leaks.
+    expect(() => buildContexts({
+      allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n, resolver,
+      maps: [{ source: { guestPhysical: 0x20_0000n }, gva: 0x40_0000n, gpa: 0x4000_0000n, level: 2, pt: { user: true }, ept: { execute: true, userExecute: true } }],
+    })).to.throw(/map request 0: GPA 200000 is not backed by contiguous host memory/);
+    expect(arena.stats().inUse).to.equal(0);
+  });
+});
+
+describe('elisa builder without execute-only EPT support', () => {
+  it('maps the code pages read+execute instead of execute-only', () => {
+    const arena = new ArenaAllocator(2300, 0x1_0000_0000n);
+    const text = arena.allocate();
+    const maps: MapRequest[] = [{ source: { physical: text.address }, gva: 0x40_0000n, gpa: 0x4000_0000n, level: 1, pt: { user: true }, ept: { read: true, execute: true, userExecute: true } }];
+    for (const executeOnly of [true, false]) {
+      const ctx = buildContexts({ allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n, maps, executeOnly });
+      for (const name of ['gate', 'sub'] as const) {
+        const c = { mem: arena, eptp: ctx[name].eptp, cr3: ctx[name].ptRootGpa, levels: 4 as const };
+        expect(walk2d(c, ctx.gva, { user: true }, { executeOnly }).kind).to.equal(executeOnly ? 'ept' : 'ok');
+        expect(walk2d(c, ctx.gva, { fetch: true, user: true }, { executeOnly }).kind).to.equal('ok');
+      }
+      ctx.destroy();
+    }
+    // Execute-only application pages are refused up front when the CPU cannot do them.
+    expect(() => buildContexts({ allocator: arena, gva: 0x7f00_0000_0000n, entry: 0x40_0000n, executeOnly: false, maps: [{ ...maps[0]!, ept: { execute: true, userExecute: true } }] }))
+      .to.throw(/map request 0: EPT flags: execute-only translations are not supported/);
+    arena.free(text);
+    expect(arena.stats().inUse).to.equal(0);
+  });
+});

@@ -3,7 +3,7 @@
 import { expect } from 'chai';
 import {
   ArenaAllocator, decodeEptFlags, decodeEptp, decodePtFlags, encodeEptFlags, encodeEptp, encodePtFlags, EptpList,
-  OutOfMemoryError, type EptFlags, type MemoryType, type PtFlags,
+  OutOfMemoryError, maxPhysAddrFromCpuid, type EptFlags, type MemoryType, type PtFlags,
 } from '../../src/elisa';
 
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -97,5 +97,24 @@ describe('elisa encodings', () => {
     expect(arena.stats()).to.deep.equal({ allocated: 4, freed: 4, inUse: 0 });
     expect(arena.pageAt(0x10_0800n)).to.equal(undefined);
     expect(() => new ArenaAllocator(1, 0x123n)).to.throw(/not a page-aligned/);
+  });
+});
+
+describe('elisa MAXPHYADDR from CPUID', () => {
+  it('takes EAX bits 7:0 of leaf 0x80000008', () => {
+    expect(maxPhysAddrFromCpuid(0x3030)).to.equal(48); // 48-bit physical, 48-bit linear
+    expect(maxPhysAddrFromCpuid(0x392e)).to.equal(46);
+    expect(() => maxPhysAddrFromCpuid(0x3040)).to.throw(/width 64 is outside 32..52/);
+  });
+});
+
+describe('elisa arena over a supplied buffer', () => {
+  it('zeroes pages of a buffer it did not create, on first use too', () => {
+    const buffer = new ArrayBuffer(2 * 4096);
+    new Uint8Array(buffer).fill(0x5a);
+    const arena = new ArenaAllocator(2, 0x2000n, buffer);
+    expect(arena.allocate().bytes.every((b) => b === 0)).to.equal(true);
+    expect(new Uint8Array(buffer)[4096]).to.equal(0x5a); // untouched until handed out
+    expect(() => new ArenaAllocator(3, 0x2000n, buffer)).to.throw(/holds 8192 bytes, 3 pages need 12288/);
   });
 });

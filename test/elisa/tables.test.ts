@@ -224,7 +224,47 @@ describe('elisa tables', () => {
     pt57.map(0x00ff_0000_0000_0000n, 0n, 1, {}); // canonical with LA57, not with 4 levels
     expect(() => pt.map(0x00ff_0000_0000_0000n, 0n, 1, {})).to.throw(/not canonical/);
     expect(() => pt57.map(0x0100_0000_0000_0000n, 0n, 1, {})).to.throw(/not canonical for 57-bit/);
+    pt.map(0xffff_8000_0000_0000n, 0x1000n, 1, {});
+    expect(() => pt.map(0xffff_8000_0000_0000n, 0x2000n, 1, {})).to.throw(/cannot map GVA 0xffff800000000000 \(4 KiB\): GVA 0xffff800000000000 is already mapped \(4 KiB → GPA 0x1000, P\)/);
     pt.destroy(); ept.destroy(); pt57.destroy();
     expect(arena.stats().inUse).to.equal(0);
+  });
+});
+
+describe('elisa tables: model-based remapping', () => {
+  it('random overlapping maps with replace: every page translates as the last mapping covering it says', () => {
+    const op = fc.record({
+      level: fc.constantFrom<LeafLevel>(1, 1, 2, 2, 3),
+      page: fc.integer({ min: 0, max: (1 << 18) - 1 }), // 4 KiB page index inside one 1 GiB window
+      out: fc.integer({ min: 0, max: 1 << 20 }),
+      write: fc.boolean(),
+    });
+    fc.assert(fc.property(fc.array(op, { minLength: 1, maxLength: 30 }), fc.array(fc.integer({ min: 0, max: (1 << 18) - 1 }), { minLength: 20, maxLength: 20 }), (ops, probes) => {
+      const arena = new ArenaAllocator(2048, 0x10_0000n);
+      const ept = new Ept(arena, { levels: 4 });
+      const eptp = encodeEptp({ root: ept.root.address, levels: 4, memoryType: 'WB', accessDirty: false });
+      const window = 5n << 30n;
+      const done: { base: bigint; size: bigint; out: bigint; write: boolean }[] = [];
+      for (const o of ops) {
+        const size = SIZE[o.level];
+        const base = window + ((BigInt(o.page) << 12n) & ~(size - 1n) & ((1n << 30n) - 1n));
+        const out = (BigInt(o.out) << 21n) & ~(size - 1n);
+        ept.map(base, out, o.level, { read: true, write: o.write }, { replace: true });
+        done.push({ base, size, out, write: o.write });
+      }
+      const interesting = new Set<bigint>(probes.map((p) => window + (BigInt(p) << 12n)));
+      for (const d of done) { interesting.add(d.base); interesting.add(d.base + d.size - 4096n); }
+      for (const gpa of interesting) {
+        const last = [...done].reverse().find((d) => gpa >= d.base && gpa < d.base + d.size);
+        const w = walkEpt(arena, eptp, gpa + 8n);
+        if (!last) { expect(w.kind).to.equal('violation'); continue; }
+        expect(w.kind).to.equal('ok');
+        if (w.kind !== 'ok') continue;
+        expect(w.hpa).to.equal(last.out + (gpa - last.base) + 8n);
+        expect(w.write).to.equal(last.write);
+      }
+      ept.destroy();
+      expect(arena.stats().inUse).to.equal(0);
+    }), { numRuns: 100 });
   });
 });

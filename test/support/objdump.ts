@@ -46,7 +46,7 @@ export function normalize(text: string): string {
  * Disassembles raw x86-64 bytes with `objdump -D -b binary -m i386:x86-64 -M intel`.
  * `origin` is the VMA of byte 0 (shown in jump targets and RIP comments).
  */
-export function disassemble(bytes: Uint8Array, origin = 0n): DisasmLine[] {
+export function disassemble(bytes: Uint8Array, origin = 0n, options: { skipInt3?: boolean } = {}): DisasmLine[] {
   return withTempDir((dir) => {
     const bin = join(dir, 'code.bin');
     writeFileSync(bin, bytes);
@@ -56,6 +56,8 @@ export function disassemble(bytes: Uint8Array, origin = 0n): DisasmLine[] {
     ]);
     const lines: DisasmLine[] = [];
     for (const line of out.split('\n')) {
+      // int3 filler can be most of a page; skipping it early saves most of the parsing
+      if (options.skipInt3 && line.endsWith('\tint3')) continue;
       const m = /^\s*([0-9a-f]+):\t((?:[0-9a-f]{2} )+)\s*\t?(.*)$/.exec(line);
       if (!m) continue;
       const addr = BigInt(`0x${m[1]}`);
@@ -90,4 +92,42 @@ export function gnuAssemble(lines: readonly string[]): Uint8Array {
 /** Hex string of bytes, space separated (for readable assertion messages). */
 export function hexBytes(b: ArrayLike<number>): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(' ');
+}
+
+/** A page (or any buffer) with the virtual address it is mapped at. */
+export interface PlacedCode {
+  readonly bytes: Uint8Array;
+  readonly gva: bigint;
+}
+
+/**
+ * Disassembles several buffers with one objdump run. Each buffer must end on an
+ * instruction boundary (true for generated pages). Offsets are relative to each buffer;
+ * RIP-relative targets and branch targets in the text are rebased to the buffer's gva.
+ */
+export function disassembleMany(buffers: readonly PlacedCode[], options: { skipInt3?: boolean } = {}): DisasmLine[][] {
+  const starts: number[] = [];
+  let total = 0;
+  for (const b of buffers) {
+    starts.push(total);
+    total += b.bytes.length;
+  }
+  const all = new Uint8Array(total);
+  buffers.forEach((b, i) => all.set(b.bytes, starts[i]!));
+  const out: DisasmLine[][] = buffers.map(() => []);
+  let page = 0;
+  for (const l of disassemble(all, 0n, options)) {
+    while (page + 1 < buffers.length && l.offset >= starts[page + 1]!) page++;
+    const base = BigInt(starts[page]!);
+    const gva = buffers[page]!.gva;
+    const rebase = (a: bigint): bigint => BigInt.asUintN(64, a - base + gva);
+    const text = l.text.replace(/^((?:j[a-z]+|call|jmp) )0x([0-9a-f]+)$/, (_m, op: string, h: string) => `${op}0x${rebase(BigInt(`0x${h}`)).toString(16)}`);
+    out[page]!.push({
+      offset: l.offset - starts[page]!,
+      bytes: l.bytes,
+      text,
+      ...(l.target !== undefined ? { target: rebase(l.target) } : {}),
+    });
+  }
+  return out;
 }

@@ -6,7 +6,7 @@
 // through one objdump run and one as run.
 import { expect } from 'chai';
 import {
-  Assembler, Cond, qword, dword, ripDisp,
+  Assembler, Cond, qword, dword, rip, ripDisp,
   rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8, r9, r11, r12, r13, r14, r15,
   eax, ebx, ecx, esp, r8d, r15d,
 } from '../../src/x86/asm';
@@ -223,8 +223,8 @@ describe('x86 encoder: labels, jumps and relaxation vs GNU as', function () {
     a.jcc(Cond.NE, fwdFar); // 200 bytes away: near
     a.jcc(Cond.E, fwdShort, 'near'); // forced near although short would do
     a.call(fwdShort);
-    a.mov(rax, qword({ kind: 'rip', target: data, addend: 0 }));
-    a.lea(rcx, qword({ kind: 'rip', target: data, addend: 8 }));
+    a.mov(rax, qword(rip(data)));
+    a.lea(rcx, qword(rip(data, 8)));
     a.bind(fwdShort);
     a.nop(3);
     a.jmp(start); // backwards, short
@@ -270,9 +270,9 @@ describe('x86 encoder: labels, jumps and relaxation vs GNU as', function () {
   it('resolves RIP-relative references to absolute addresses against the origin', function () {
     const origin = 0x7fff_0000_1000n;
     const a = new Assembler({ origin });
-    a.mov(qword({ kind: 'rip', target: origin + 0x1008n, addend: 0 }), 0);
-    a.cmp(qword({ kind: 'rip', target: origin - 0x10n, addend: 8 }), rax);
-    a.lea(rsp, qword({ kind: 'rip', target: origin + 0x7000_0000n, addend: 0 }));
+    a.mov(qword(rip(origin + 0x1008n)), 0);
+    a.cmp(qword(rip(origin - 0x10n, 8)), rax);
+    a.lea(rsp, qword(rip(origin + 0x7000_0000n)));
     const lines = disassemble(a.assemble().bytes, origin);
     expect(lines.map((l) => l.target)).to.deep.equal([origin + 0x1008n, origin - 0x8n, origin + 0x7000_0000n]);
     expect(lines.map((l) => l.offset)).to.deep.equal([0, 11, 18]);
@@ -407,9 +407,9 @@ describe('x86 encoder: errors name the problem', function () {
   });
 
   it('RIP-relative targets: no origin, out of reach', function () {
-    err((a) => a.mov(rax, qword({ kind: 'rip', target: 0x1000n, addend: 0 })), /absolute address 0x1000 needs the assembler's origin/);
+    err((a) => a.mov(rax, qword(rip(0x1000n))), /absolute address 0x1000 needs the assembler's origin/);
     // lea rax,[rip+d] is 7 bytes: from origin 0x1000, 0x1007 + 0x7fffffff is the farthest target
-    const reach = (target: bigint): Assembler => new Assembler({ origin: 0x1000n }).lea(rax, qword({ kind: 'rip', target, addend: 0 }));
+    const reach = (target: bigint): Assembler => new Assembler({ origin: 0x1000n }).lea(rax, qword(rip(target)));
     expect(hexBytes(reach(0x1007n + 0x7fffffffn).assemble().bytes)).to.equal('48 8d 05 ff ff ff 7f');
     expect(() => reach(0x1007n + 0x80000000n).assemble()).to.throw(/address 0x80001007 is out of the ±2 GiB reach of RIP-relative addressing/);
     expect(hexBytes(reach(0x1007n - 0x80000000n + (1n << 64n)).assemble().bytes)).to.equal('48 8d 05 00 00 00 80');

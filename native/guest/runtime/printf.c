@@ -13,8 +13,19 @@ struct sink {
     int console;    /* flush to the console port when full instead of truncating */
 };
 
+void console_write(const void *p, size_t n) {
+    struct { uint64_t addr; uint64_t len; } buf = { (uintptr_t)p, n };
+    if (n == 0) return;
+    if ((uintptr_t)&buf < (1ULL << 32)) {
+        /* "memory": buf and the bytes it points to must be in memory before the exit */
+        __asm__ volatile("outl %0, %1" : : "a"((uint32_t)(uintptr_t)&buf), "Nd"(ELISA_PORT_CONSOLE_BUF) : "memory");
+    } else {
+        outsb(ELISA_PORT_CONSOLE, p, n);   /* stack above 4 GiB: the address does not fit */
+    }
+}
+
 static void flush(struct sink *s) {
-    if (s->console && s->used) outsb(ELISA_PORT_CONSOLE, s->buf, s->used);
+    if (s->console && s->used) console_write(s->buf, s->used);
     s->used = 0;
 }
 
@@ -77,7 +88,8 @@ static void format(struct sink *s, const char *fmt, va_list ap) {
             unsigned long long v;
             if (conv == 'p') { v = (uintptr_t)va_arg(ap, void *); alt = 1; }
             else v = longs >= 2 ? va_arg(ap, unsigned long long) : longs ? va_arg(ap, unsigned long) : va_arg(ap, unsigned);
-            if (conv != 'u' && alt) { text[len++] = '0'; text[len++] = 'x'; }
+            /* '#' prefixes 0x to non-zero values only (C11 7.21.6.1); %p always has it */
+            if (conv != 'u' && alt && (v != 0 || conv == 'p')) { text[len++] = '0'; text[len++] = conv == 'X' ? 'X' : 'x'; }
             len += format_unsigned(text + len, v, conv == 'u' ? 10 : 16, conv == 'X');
             break;
         }
@@ -141,7 +153,5 @@ int putchar(int c) {
 }
 
 int puts(const char *s) {
-    outsb(ELISA_PORT_CONSOLE, s, strlen(s));
-    putchar('\n');
-    return 0;
+    return printf("%s\n", s) < 0 ? -1 : 0;   /* one buffered write, usually one exit */
 }

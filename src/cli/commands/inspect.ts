@@ -165,6 +165,7 @@ export function inspectJson(build: InspectBuild): Record<string, unknown> {
   };
 }
 
+/** The `elisa inspect` subcommand. */
 export const inspect: CliCommand = {
   name: 'inspect',
   summary: 'build the gate and sub contexts in an arena and dump them (JSON) or describe a walk',

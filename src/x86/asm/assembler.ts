@@ -642,7 +642,8 @@ export class Assembler {
       if (this.origin === undefined) {
         throw new AsmError(`${what} to absolute address ${hex(target)} needs the assembler's origin`);
       }
-      rel = target + BigInt(addend) - (this.origin + BigInt(end));
+      // RIP + disp wraps modulo 2^64, like the CPU's address arithmetic.
+      rel = BigInt.asIntN(64, target + BigInt(addend) - (this.origin + BigInt(end)));
     }
     if (rel < -(1n << 31n) || rel >= 1n << 31n) {
       const t = target === undefined ? 'a literal displacement' : target instanceof Label ? `label ${target.name}` : `address ${hex(target + BigInt(addend))}`;

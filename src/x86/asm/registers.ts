@@ -31,6 +31,7 @@ function r32(name: string, code: number): Reg32 {
   return Object.freeze({ kind: 'reg32', name, code });
 }
 
+/** The 64-bit registers, by name (r8..r15 need a REX prefix). */
 export const rax = r64('rax', 0);
 export const rcx = r64('rcx', 1);
 export const rdx = r64('rdx', 2);
@@ -48,6 +49,7 @@ export const r13 = r64('r13', 13);
 export const r14 = r64('r14', 14);
 export const r15 = r64('r15', 15);
 
+/** The 32-bit registers, by name; writing one zero-extends into its 64-bit register. */
 export const eax = r32('eax', 0);
 export const ecx = r32('ecx', 1);
 export const edx = r32('edx', 2);

@@ -23,6 +23,8 @@ static inline void outsb(uint16_t port, const void *p, size_t n) {
     __asm__ volatile("rep outsb" : "+S"(p), "+c"(n) : "d"(port) : "memory");
 }
 
+/* Writes n bytes to the console with as few exits as possible (see ports.h). */
+void console_write(const void *p, size_t n);
 int putchar(int c);
 int puts(const char *s);                 /* writes s and a newline */
 int printf(const char *fmt, ...) ELISA_PRINTF(1, 2);

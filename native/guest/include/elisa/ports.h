@@ -9,6 +9,11 @@
 
 /* Console: each byte written (outb, or rep outsb) is appended to the console text. */
 #define ELISA_PORT_CONSOLE      0x00e9
+/* Console, buffered: a 32-bit write of the guest-virtual address (below 4 GiB) of a
+ * struct elisa_console_buf { uint64_t addr; uint64_t len; }: the host appends those
+ * len bytes at guest-virtual addr to the console. One exit for a whole buffer, where
+ * `rep outsb` costs KVM one exit per byte. */
+#define ELISA_PORT_CONSOLE_BUF  0x00ea
 /* exit(code): a 32-bit write ends the run with that exit code. */
 #define ELISA_PORT_EXIT         0x0500
 /* result(u64): low 32 bits first, then the high 32 bits, which commit the value. */
