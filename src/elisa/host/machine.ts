@@ -1,24 +1,20 @@
-// A guest VM for host mode: one KVM VM with one vCPU in 64-bit long mode, a guest
-// program from native/guest loaded at its link address, and the run loop that serves
-// the runtime's ports (console, exit, result, assertions, exception reports).
-//
-// It is built from the x86 layer's pure parts (GDT/IDT/stubs, identity map, ELF
-// loader, port numbers, error classes). A backend can take over the vCPU's execution
-// (setExecutor): the emulated backend runs gate and sub contexts in other VMs and
-// returns to this loop only for exits of the guest's own (default) context.
+// A guest VM for host mode: the x86 layer's GuestMachine (one vCPU in 64-bit long mode,
+// identity-mapped RAM, CPUID, a guest program from native/guest loaded at its link
+// address) driven by a synchronous run loop that serves the runtime's ports (console,
+// exit, result, assertions, exception reports) and that a backend can take over
+// (setExecutor): the emulated backend runs the gate and sub contexts in other VMs on the
+// same thread and returns here only for exits of the guest's own (default) context.
 import { readFileSync } from 'node:fs';
-import { Cap, ExitReason, GuestMemory, InternalErrorSuberror, IoDirection, Kvm, SyncRegs, type Exit, type Vcpu, type Vm } from '../../kvm';
-import { parseElf, loadSegments, type ElfImage } from '../../x86/elf';
+import { ExitReason, InternalErrorSuberror, IoDirection, SyncRegs, type Exit, type Kvm, type Vcpu } from '../../kvm';
+import { parseElf, type ElfImage } from '../../x86/elf';
 import { decodeReport, type ExceptionReport } from '../../x86/exceptions';
 import {
   GuestAssertionError, GuestError, GuestFault, GuestShutdown, GuestTimeout, GuestUnexpectedExit, type GuestRegisters,
 } from '../../x86/errors';
-import { exceptionAreaGpa, GUEST_RESERVED_END, INITIAL_STACK_TOP } from '../../x86/layout';
-import { INITIAL_RFLAGS, longModeState, writeSystemStructures, type SegmentState } from '../../x86/longmode';
-import { buildIdentityMap } from '../../x86/paging';
+import { exceptionAreaGpa } from '../../x86/layout';
+import { GuestMachine as X86Machine, MAX_CONSOLE_WRITE } from '../../x86/machine';
 import { GuestPort } from '../../x86/ports';
 import { guestProgramPath } from '../../x86/programs';
-import type { Segment, Sregs } from '../../kvm/structs';
 
 /** Options of GuestMachine.create. */
 export interface GuestMachineOptions {
@@ -26,7 +22,7 @@ export interface GuestMachineOptions {
   memoryBytes?: number;
   /** A Kvm handle to share (default: opened here and closed on dispose). */
   kvm?: Kvm;
-  /** A name for messages (default: the program's file name). */
+  /** A name for messages (default: the program's name). */
   name?: string;
 }
 
@@ -57,44 +53,41 @@ export interface GuestRunResult {
  */
 export type VcpuExecutor = (remainingMs: number) => Vcpu;
 
-function toSegment(s: SegmentState): Segment {
-  return {
-    base: s.base, limit: s.limit, selector: s.selector, type: s.type, present: s.present !== 0, dpl: s.dpl,
-    db: s.db !== 0, s: s.s !== 0, l: s.l !== 0, g: s.g !== 0, avl: s.avl !== 0, unusable: s.unusable !== 0,
-  } as Segment;
-}
-
 const hex = (v: bigint | number): string => `0x${v.toString(16)}`;
 
 /** A guest VM running one program from native/guest. Dispose it to free the VM and memory. */
 export class GuestMachine implements Disposable {
-  readonly kvm: Kvm;
-  readonly vm: Vm;
-  /** Guest RAM, guest-physical [0, memory.size). */
-  readonly memory: GuestMemory;
-  /** The guest's (only) vCPU. */
-  readonly vcpu: Vcpu;
+  /** The x86 layer's machine underneath (VM, vCPU, memory). */
+  readonly x86: X86Machine;
   /** The loaded program. */
   readonly image: ElfImage;
   /** Name for messages. */
   readonly name: string;
   /** Guest-physical ranges the program's segments occupy: [start, end). */
   readonly loaded: readonly { start: number; end: number }[];
-  readonly #ownKvm: boolean;
   #executor: VcpuExecutor | undefined;
   #invalidOpcode: ((report: ExceptionReport) => boolean) | undefined;
   #console = '';
   #disposed = false;
   #onDispose: (() => void)[] = [];
 
-  private constructor(kvm: Kvm, ownKvm: boolean, vm: Vm, memory: GuestMemory, vcpu: Vcpu, image: ElfImage, name: string) {
-    this.kvm = kvm; this.#ownKvm = ownKvm; this.vm = vm; this.memory = memory; this.vcpu = vcpu; this.image = image; this.name = name;
+  private constructor(x86: X86Machine, image: ElfImage, name: string) {
+    this.x86 = x86; this.image = image; this.name = name;
     this.loaded = image.segments.map((s) => ({ start: s.paddr, end: s.paddr + s.memsz }));
   }
 
+  /** The KVM handle. */
+  get kvm(): Kvm { return this.x86.kvm; }
+  /** The guest's VM (its default context). */
+  get vm() { return this.x86.vm; }
+  /** Guest RAM, guest-physical [0, memory.size). */
+  get memory() { return this.x86.memory; }
+  /** The guest's (only) vCPU. */
+  get vcpu(): Vcpu { return this.x86.vcpu; }
+
   /**
-   * Creates a VM, loads `program` (a name in native/guest/out, a path, or ELF bytes)
-   * and prepares vCPU 0 at its entry point in long mode with interrupts off.
+   * Creates a VM (x86 GuestMachine), loads `program` (a name in native/guest/out, a path,
+   * or ELF bytes) and prepares vCPU 0 at its entry point in long mode with interrupts off.
    */
   static create(program: string | Uint8Array, options: GuestMachineOptions = {}): GuestMachine {
     const file = typeof program === 'string' ? readFileSync(program.includes('/') ? program : guestProgramPath(program)) : program;
@@ -104,35 +97,13 @@ export class GuestMachine implements Disposable {
     if (!Number.isSafeInteger(bytes) || bytes < 2 << 20 || bytes % (2 << 20) !== 0) {
       throw new RangeError(`guest memory must be a multiple of 2 MiB and at least 2 MiB, got ${bytes}`);
     }
-    const ownKvm = options.kvm === undefined;
-    const kvm = options.kvm ?? Kvm.open();
-    let vm: Vm | undefined;
-    let memory: GuestMemory | undefined;
+    const x86 = X86Machine.create({ memory: bytes, ...(options.kvm ? { kvm: options.kvm } : {}) });
     try {
-      memory = GuestMemory.anonymous(bytes);
-      const mem = memory.bytes();
-      writeSystemStructures(mem, 1);
-      const map = buildIdentityMap(mem, { bytes });
-      loadSegments(file, image, mem, [{ start: 0, end: GUEST_RESERVED_END, what: 'the host-reserved first MiB' }]);
-      vm = kvm.createVm();
-      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, memory });
-      if (vm.checkExtension(Cap.EXIT_ON_EMULATION_FAILURE)) vm.enableCap(Cap.EXIT_ON_EMULATION_FAILURE, [1]);
-      const vcpu = vm.createVcpu(0);
-      const lm = longModeState(0, 1, map.cr3);
-      const base = vcpu.getSregs();
-      const sregs: Sregs = {
-        ...base, cs: toSegment(lm.cs), ds: toSegment(lm.ds), es: toSegment(lm.es), fs: toSegment(lm.fs), gs: toSegment(lm.gs),
-        ss: toSegment(lm.ss), tr: toSegment(lm.tr), ldt: toSegment(lm.ldt), gdt: lm.gdt, idt: lm.idt,
-        cr0: lm.cr0, cr3: lm.cr3, cr4: lm.cr4, efer: lm.efer,
-      };
-      vcpu.setSregs(sregs);
-      vcpu.setRegs({ ...vcpu.getRegs(), rip: BigInt(image.entry), rsp: BigInt(INITIAL_STACK_TOP), rflags: INITIAL_RFLAGS });
-      vcpu.sync.request(SyncRegs.REGS | SyncRegs.SREGS | SyncRegs.EVENTS);
-      return new GuestMachine(kvm, ownKvm, vm, memory, vcpu, image, name);
+      x86.loadElf(file);
+      x86.vcpu.sync.request(SyncRegs.REGS | SyncRegs.SREGS | SyncRegs.EVENTS);
+      return new GuestMachine(x86, image, name);
     } catch (err) {
-      vm?.dispose();
-      memory?.dispose();
-      if (ownKvm) kvm.dispose();
+      x86.dispose();
       throw err;
     }
   }
@@ -191,6 +162,7 @@ export class GuestMachine implements Disposable {
             const value = exit.size === 4 ? BigInt(new DataView(exit.data.buffer, exit.data.byteOffset, 4).getUint32(0, true)) : BigInt(exit.data[0] ?? 0);
             switch (exit.port) {
               case GuestPort.console: this.#console += decoder.decode(exit.data); continue;
+              case GuestPort.consoleBuf: this.#console += decoder.decode(this.#consoleBuffer(Number(value))); continue;
               case GuestPort.resultLo: resultLo = value; continue;
               case GuestPort.resultHi: result = (value << 32n) | resultLo; continue;
               case GuestPort.assertMsg: assertMsg += decoder.decode(exit.data); continue;
@@ -222,15 +194,26 @@ export class GuestMachine implements Disposable {
     }
   }
 
-  /** Disposes attachments, the VM, the memory and (if opened here) the Kvm handle. Idempotent. */
+  /** The bytes of a buffered console write: a {u64 address, u64 length} descriptor at `descriptor` (identity-mapped GVAs). */
+  #consoleBuffer(descriptor: number): Uint8Array {
+    const mem = this.memory.bytes();
+    if (descriptor < 0x1000 || descriptor + 16 > mem.length) throw new GuestUnexpectedExit('io', `console descriptor at ${hex(descriptor)} is outside guest RAM`, this.#console);
+    const d = new DataView(mem.buffer, mem.byteOffset + descriptor, 16);
+    const at = d.getBigUint64(0, true), len = d.getBigUint64(8, true);
+    if (len > BigInt(MAX_CONSOLE_WRITE) || at < 0x1000n || at + len > BigInt(mem.length)) {
+      throw new GuestUnexpectedExit('io', `console buffer [${hex(at)}, +${len}) is not in guest RAM (or longer than ${MAX_CONSOLE_WRITE} bytes)`, this.#console);
+    }
+    // Safe: the range was checked against guest RAM just above.
+    return mem.slice(Number(at), Number(at + len));
+  }
+
+  /** Disposes attachments, then the x86 machine (VM, memory, Kvm if it opened it). Idempotent. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
     const hooks = this.#onDispose.splice(0).reverse();
     for (const fn of hooks) fn();
-    this.vm.dispose();
-    this.memory.dispose();
-    if (this.#ownKvm) this.kvm.dispose();
+    this.x86.dispose();
   }
 
   [Symbol.dispose](): void { this.dispose(); }

@@ -200,6 +200,7 @@ class EmulatedAttachment implements BackendAttachment {
     try {
       const cr3 = guestVcpu.getSregs().cr3 & ADDRESS_MASK;
       const fpu = guestVcpu.getFpu();
+      const cpuid = machine.kvm.supportedCpuid();
       const makeContext = (name: 'gate' | 'sub'): Context => {
         const vm = machine.kvm.createVm();
         made.push(vm);
@@ -207,6 +208,7 @@ class EmulatedAttachment implements BackendAttachment {
         const slots = slotsFromEpt(contexts, name, manager);
         slots.forEach((s, i) => vm.setUserMemoryRegion({ slot: i, guestPhysAddr: s.gpa, memory: manager.memory, offset: s.offset, size: s.size, readonly: s.readonly }));
         const vcpu = vm.createVcpu(0);
+        vcpu.setCpuid2(cpuid); // the same CPU model in every context, as one physical CPU would be
         vcpu.setFpu(fpu);
         vcpu.sync.request(SyncRegs.REGS | SyncRegs.SREGS | SyncRegs.EVENTS);
         const ctx: Context = { name, vm, vcpu, ...syncViews(vcpu), sites: sitesOf(name), aptSlot: slots.length, ptRoot: contexts[name].ptRoot };
