@@ -168,6 +168,15 @@ describe('emulated backend: apps, security and failures', function () {
     }
   });
 
+  it('the APT follows the CR3 in force: after the guest switches page tables the gate still works', () => {
+    const { guest, att } = probe(manager, 8);
+    try {
+      expect(guest.run().result).to.equal(21n + 210n);
+      expect(att.stats.aptMoves).to.equal(1);
+      expect(att.stats.switchesTo.sub).to.equal(2);
+    } finally { guest.dispose(); }
+  });
+
   it('a fault in the sub program is reported with context, vCPU and RIP; the guest is terminated, not wedged', () => {
     const { guest } = probe(manager, 1, 0n, 'probe_fault');
     const sub = parseElf(readFileSync(guestProgramPath('sub/probe')), 'sub/probe');

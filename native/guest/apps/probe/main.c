@@ -13,6 +13,16 @@ long probe_vmfunc(uint64_t eax, uint64_t ecx);
 long probe_jump_into_gate(uint64_t target_gva);
 
 static uint64_t probe_pd[512] __attribute__((aligned(4096)));
+static uint64_t probe_pml4[512] __attribute__((aligned(4096)));
+
+/* Switches to a copy of the current PML4 (same translations, new CR3 value). */
+static void move_cr3(void) {
+    uint64_t cr3;
+    __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+    const uint64_t *old = (const uint64_t *)(cr3 & 0x000ffffffffff000ULL);
+    for (int i = 0; i < 512; i++) probe_pml4[i] = old[i];
+    __asm__ volatile("mov %0, %%cr3" :: "r"((uint64_t)probe_pml4) : "memory");
+}
 
 /* Maps guest-physical `gpa` (2 MiB page) at GVA 500 GiB in the guest's own tables and reads it. */
 static uint64_t read_guest_physical(uint64_t gpa) {
@@ -49,6 +59,11 @@ int main(void) {
         break;
     case 6: /* VMFUNC with a bad function number or index */
         r = probe_vmfunc(probe_arg >> 32, probe_arg & 0xffffffffULL);
+        break;
+    case 8: /* a call, a CR3 change, a second call */
+        r = elisa_gate_entry(1, 2, 3, 4, 5, 6);
+        move_cr3();
+        r += elisa_gate_entry(10, 20, 30, 40, 50, 60);
         break;
     case 7: /* xmm0 = probe_arg, then a plain call (the sub entry may read xmm0) */
         __asm__ volatile("movq %0, %%xmm0" :: "r"((uint64_t)probe_arg)); /* no clobber: -mgeneral-regs-only code never uses xmm0 */
