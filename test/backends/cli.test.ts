@@ -49,18 +49,19 @@ describe('elisa run / elisa bench', function () {
   });
 
   it('measureRoundTrips returns consistent statistics for both distributions', () => {
-    const r = measureRoundTrips({ iterations: 24 });
+    const r = measureRoundTrips({ iterations: 24, hostTiming: true });
+    expect(r.loop).to.equal('js');
     expect(r.samples.roundTrip).to.have.length(24);
     expect(r.samples.pioExit).to.have.length(24);
-    expect(r.roundTripHost.samples).to.equal(24);
-    for (const d of [r.roundTrip, r.pioExit, r.roundTripHost]) {
+    expect(r.roundTripHost!.samples).to.equal(24);
+    for (const d of [r.roundTrip, r.pioExit, r.roundTripHost!]) {
       expect(d.minUs).to.be.greaterThan(0);
       expect(d.minUs).to.be.at.most(d.medianUs);
       expect(d.medianUs).to.be.at.most(d.p99Us);
     }
     expect(r.ratio).to.be.closeTo(r.roundTrip.medianUs / r.pioExit.medianUs, 1e-9);
     // Host-timed trips cover less than the guest-timed ones (no default-context code).
-    expect(r.roundTripHost.minUs).to.be.lessThan(r.roundTrip.medianUs);
+    expect(r.roundTripHost!.minUs).to.be.lessThan(r.roundTrip.medianUs);
     expect(r.tscPerUs).to.be.greaterThan(100);
   });
 
@@ -70,6 +71,8 @@ describe('elisa run / elisa bench', function () {
     const r = JSON.parse(io.text());
     expect(r.iterations).to.equal(8);
     expect(r.backend).to.equal('emulated');
+    expect(r.loop).to.equal('native');
+    expect(r.roundTripHost).to.equal(undefined);
     expect(r.ratio).to.be.greaterThan(0);
   });
 });

@@ -4,7 +4,7 @@ import { UsageError, type CliCommand } from '../command';
 import type { BackendChoice } from '../../elisa/backends/backend';
 import { BENCH_MAX_ITERATIONS, formatBench, histogramSvg, measureRoundTrips } from '../../elisa/host/bench';
 
-const USAGE = `usage: elisa bench [--iterations N] [--backend auto|emulated|vmfunc] [--move-fpu] [--json] [--svg FILE]
+const USAGE = `usage: elisa bench [--iterations N] [--backend auto|emulated|vmfunc] [--move-fpu] [--host-timing] [--json] [--svg FILE]
 
 Runs the bench app: N gate round trips (default → gate → sub → default) interleaved with N
 calls of a function doing one plain port-I/O exit (the baseline), both timed in the guest
@@ -13,6 +13,7 @@ and the backend and host it ran on.
   --iterations N   round trips (default 1000, at most ${BENCH_MAX_ITERATIONS})
   --backend B      auto (default), emulated or vmfunc
   --move-fpu       also move the FPU/SSE state at every switch (2 more ioctls per switch)
+  --host-timing    also time each trip from the host (uses the JavaScript switch loop)
   --json           the full result (with samples) as JSON
   --svg FILE       write a histogram of both distributions`;
 
@@ -26,6 +27,7 @@ export const bench: CliCommand = {
     let json = false;
     let svg: string | undefined;
     let moveFpu = false;
+    let hostTiming = false;
     for (let i = 0; i < argv.length; i++) {
       const arg = argv[i]!;
       const value = (): string => {
@@ -43,11 +45,12 @@ export const bench: CliCommand = {
       } else if (arg === '--json') json = true;
       else if (arg === '--svg') svg = value();
       else if (arg === '--move-fpu') moveFpu = true;
+      else if (arg === '--host-timing') hostTiming = true;
       else throw new UsageError(`unknown option ${arg}`);
     }
     const tty = process.stderr.isTTY && !json;
     const result = measureRoundTrips({
-      iterations, backend, moveFpu,
+      iterations, backend, moveFpu, hostTiming,
       onProgress: (done, total) => {
         if (tty) process.stderr.write(`\r[${'#'.repeat(Math.round((30 * done) / total)).padEnd(30)}] ${done}/${total} round trips`);
         else if (!json && done % 4096 === 0) io.err(`${done}/${total} round trips`);

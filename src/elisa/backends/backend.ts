@@ -73,6 +73,12 @@ export interface AttachOptions {
    * so its exception report reaches the backend's #UD path.
    */
   simulateUdHost?: boolean;
+  /**
+   * Carry out successful VMFUNCs of generated sites in the native loop
+   * (native/addon/elisa_switch.cc) instead of JavaScript. Default true; `trace`, `timing`,
+   * `moveFpu` and `simulateUdHost` always use the JavaScript loop.
+   */
+  nativeLoop?: boolean;
   /** Host-side timing (benchmarks): filled while the guest runs. */
   timing?: SwitchTiming;
 }

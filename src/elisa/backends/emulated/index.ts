@@ -18,6 +18,7 @@
 // any GPA other than the guest's CR3 in force (an unmapped GPA here is an MMIO exit,
 // not the page-table root).
 import { Cap, ExitReason, InternalErrorSuberror, IoDirection, KvmRun, SyncRegs, type Vcpu, type Vm } from '../../../kvm';
+import { native } from '../../../kvm/native';
 import { hex, levelSize } from '../../address';
 import type { ElisaContexts } from '../../context';
 import { encodeEptp } from '../../ept';
@@ -37,6 +38,19 @@ export const VMFUNC_TRAP_BYTES: readonly number[] = Object.freeze([0xe6, VMFUNC_
 export const VMFUNC_OPCODE: readonly number[] = Object.freeze([0x0f, 0x01, 0xd4]);
 
 const UD_VECTOR = 6;
+/** Status of the native loop's run() meaning the deadline passed (elisa_switch.cc). */
+const NATIVE_TIMEOUT = 2;
+
+/** The native hot loop (native/addon/elisa_switch.cc). */
+interface SwitchLoop {
+  /** Runs from context `start` until an exit JS must see; returns (status << 8) | context. */
+  run(start: number, timeoutMs: number): number;
+  close(): void;
+}
+const nativeSwitch = native as unknown as {
+  SwitchLoop: new (fds: Int32Array, runs: ArrayBuffer[], list: Uint8Array, eptps: BigUint64Array,
+    sites: BigUint64Array[], aptCr3: BigUint64Array, counters: Uint32Array) => SwitchLoop;
+};
 // Offsets into kvm_run's synced areas (struct kvm_regs / kvm_sregs).
 const RAX = KvmRun.sync_regs + 0;
 const RCX = KvmRun.sync_regs + 16;
@@ -169,6 +183,11 @@ class EmulatedAttachment implements BackendAttachment {
   #tripStart = 0;
   #current: Context;
   #dead: string | undefined;
+  /** Contexts in the native loop's order (default first). */
+  readonly #order: Context[] = [];
+  readonly #counters = new Uint32Array(5);
+  readonly #aptCr3 = new BigUint64Array(1);
+  #loop: SwitchLoop | undefined;
   #disposed = false;
 
   constructor(machine: GuestMachine, contexts: ElisaContexts, manager: ManagerMemory, options: AttachOptions) {
@@ -226,6 +245,15 @@ class EmulatedAttachment implements BackendAttachment {
     this.#byEptp.set(contexts.gate.eptp, this.#gate);
     this.#byEptp.set(contexts.sub.eptp, this.#sub);
     contexts.eptpList.set(0, defaultEptp);
+    this.#order.push(this.#default, this.#gate, this.#sub);
+    this.#aptCr3[0] = this.#gate.aptGpa ?? 0n;
+    const native = options.nativeLoop ?? true;
+    if (native && !this.#timing && !this.#trace && !this.#simulateUd && !this.#moveFpu) {
+      this.#loop = new nativeSwitch.SwitchLoop(
+        Int32Array.from(this.#order, (c) => c.vcpu.fd), this.#order.map((c) => c.view.buffer as ArrayBuffer), list,
+        BigUint64Array.from([defaultEptp, contexts.gate.eptp, contexts.sub.eptp]),
+        this.#order.map((c) => BigUint64Array.from([...c.sites].map(BigInt))), this.#aptCr3, this.#counters);
+    }
     machine.setExecutor((remaining) => this.#execute(remaining));
     machine.setInvalidOpcodeHandler((report) => this.#onInvalidOpcode(report));
   }
@@ -280,13 +308,25 @@ class EmulatedAttachment implements BackendAttachment {
     if (this.#dead) throw new GuestError(this.#dead, this.#machine.console);
     const deadline = performance.now() + remainingMs;
     for (;;) {
-      const cur = this.#current;
+      let cur = this.#current;
       const left = deadline - performance.now();
-      const reason = cur.vcpu.runRaw(left > 0 ? left : 0.001);
+      let timedOut = false;
+      if (this.#loop) {
+        // The native loop carries out successful site VMFUNCs itself and returns for
+        // anything else; the checks below then see the exit it stopped at.
+        const code = this.#loop.run(this.#order.indexOf(cur), left > 0 ? left : 0.001);
+        cur = this.#current = this.#order[code & 0xff]!;
+        timedOut = code >> 8 === NATIVE_TIMEOUT;
+        this.#afterNative(cur);
+      } else {
+        cur.vcpu.runRaw(left > 0 ? left : 0.001);
+      }
       const v = cur.view;
+      const reason = v.getUint32(KvmRun.exit_reason, true);
       if (reason === ExitReason.IO && v.getUint16(KvmRun.io_port, true) === VMFUNC_TRAP_PORT && v.getUint8(KvmRun.io_direction) === IoDirection.OUT) {
         const rip = Number(v.getBigUint64(RIP, true));
-        // KVM reports the OUT with RIP at the instruction (it skips it on the next run).
+        // Upstream KVM reports the OUT with RIP at the instruction (skipping it on the
+        // next run unless RIP changed); this project's PVM KVM reports RIP past it.
         const site = cur.sites.has(rip) ? rip : cur.sites.has(rip - 2) ? rip - 2 : -1;
         if (site >= 0) {
           if (this.#timing) this.#timed(cur, BigInt(site));
@@ -305,13 +345,26 @@ class EmulatedAttachment implements BackendAttachment {
       if (cur === this.#default) return cur.vcpu;
       const rip = v.getBigUint64(RIP, true);
       const exit = cur.vcpu.lastExit();
-      const what = exit.kind === 'intr' && exit.timedOut ? 'the run timed out while the guest was inside this context'
+      const what = timedOut || (exit.kind === 'intr' && exit.timedOut) ? 'the run timed out while the guest was inside this context'
         : exit.kind === 'shutdown' ? 'shutdown (triple fault: an exception, and no IDT is mapped in this context)'
         : describeGuestExit(exit, rip);
       this.#dead = `guest vCPU 0 was terminated earlier: the ${cur.name} context stopped (${what})`;
       throw new ContextExitError(cur.name, 0, rip, what, this.#machine.console);
     }
   }
+
+  /** After the native loop: its counters into the stats, and every context's kvm_run marked as holding full state. */
+  #afterNative(cur: Context): void {
+    const c = this.#counters;
+    if (c[2]! + c[3]! + c[4]! === 0) { cur.vcpu.sync.afterRun(); return; } // no switch: only `cur` ran
+    this.stats.stateMoves.sregs += c[0]!;
+    this.stats.stateMoves.events += c[1]!;
+    this.#order.forEach((ctx, i) => { this.stats.switchesTo[ctx.name] = (this.stats.switchesTo[ctx.name] ?? 0) + c[2 + i]!; });
+    c.fill(0);
+    // Safe: the loop wrote whole areas (copies of stored state) or KVM stored them.
+    for (const ctx of this.#order) ctx.vcpu.sync.afterRun();
+  }
+
 
   /** #vmfunc with host-side timing (benchmarks). */
   #timed(cur: Context, rip: bigint): void {
@@ -355,6 +408,7 @@ class EmulatedAttachment implements BackendAttachment {
       if (cr3 !== this.#gate.aptGpa || cr3 !== this.#sub.aptGpa) {
         this.#placeApt(this.#gate, cr3);
         this.#placeApt(this.#sub, cr3);
+        this.#aptCr3[0] = cr3;
         this.stats.aptMoves++;
       }
     }
@@ -389,6 +443,8 @@ class EmulatedAttachment implements BackendAttachment {
     this.#disposed = true;
     this.#machine.setExecutor(undefined);
     this.#machine.setInvalidOpcodeHandler(undefined);
+    this.#loop?.close();
+    this.#loop = undefined;
     this.#gate.vm.dispose();
     this.#sub.vm.dispose();
     this.#manager.allocator.free(this.#defaultRoot);
