@@ -6,6 +6,7 @@ import { requireKvm } from '../support/kvm';
 import { ElisaManager, GuestMachine } from '../../src/elisa/host';
 import { EmulatedBackend } from '../../src/elisa/backends/emulated';
 import type { VmfuncEvent } from '../../src/elisa/backends/backend';
+import { AppRunError, runAppAsync } from '../../src/elisa/host/async';
 
 const openFds = (): number => readdirSync('/proc/self/fd').length;
 
@@ -51,5 +52,39 @@ describe('emulated backend: nop round trip', function () {
       expect(manager.allocator.stats().inUse).to.equal(pagesBefore);
     }
     expect(openFds()).to.equal(fdsBefore);
+  });
+});
+
+describe('emulated backend: loops and threads', function () {
+  this.timeout(60_000);
+  before(function () { requireKvm(this); });
+
+  it('the JavaScript switch loop gives the same results as the native one', () => {
+    for (const nativeLoop of [true, false]) {
+      using manager = ElisaManager.create({ arenaPages: 512 });
+      using guest = GuestMachine.create('args');
+      const att = manager.attach(guest, { program: 'sub/args', nativeLoop });
+      expect(guest.run().result).to.equal(0x3b80760006a3d5a3n);
+      expect(att.stats.switchesTo).to.deep.equal({ default: 1, gate: 1, sub: 1 });
+      expect(att.contexts.eptpList.get(1)).to.equal(0n);
+    }
+  });
+
+  it('runAppAsync runs an app on a worker thread while the event loop keeps turning', async () => {
+    let ticks = 0;
+    const timer = setInterval(() => { ticks++; }, 1);
+    try {
+      const report = await runAppAsync('nop');
+      expect(report.result).to.equal(1n);
+      expect(report.ok).to.equal(true);
+    } finally { clearInterval(timer); }
+    expect(ticks).to.be.greaterThan(0);
+  });
+
+  it('runAppAsync rejects with the error of the run', async () => {
+    let error: unknown;
+    try { await runAppAsync('nop', { backend: 'vmfunc' }); } catch (err) { error = err; }
+    expect(error).to.be.instanceOf(AppRunError);
+    expect((error as AppRunError).originalName).to.equal('BackendUnavailableError');
   });
 });
