@@ -20,7 +20,8 @@ describe('elisa run / elisa bench', function () {
   it('elisa run (default app nop) prints that nop returned 1, on which backend and why, and exits 0', async () => {
     const io = capture();
     expect(await run.run([], io)).to.equal(0);
-    expect(io.text()).to.match(/^elisa run nop: backend emulated \(vmfunc unavailable: .+\)/);
+    expect(io.text()).to.match(/^elisa run nop: guest nop.elf with a sub context running sub\/nop.elf/);
+    expect(io.text()).to.match(/\nbackend: emulated \(vmfunc unavailable: .+\)/);
     expect(io.text()).to.contain('guest: nop returned 1');
     expect(io.text()).to.contain('ok: nop returned 1 (expected 1)');
   });

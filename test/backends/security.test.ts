@@ -2,7 +2,7 @@
 // hostile or buggy guest can do to the gate, what happens when the sub program fails,
 // and which bad attach requests are refused. The probe guest (native/guest/apps/probe)
 // does one thing per probe_mode.
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { expect } from 'chai';
 import { requireKvm } from '../support/kvm';
 import {
@@ -36,13 +36,20 @@ function expectThrows<T extends Error>(fn: () => unknown, type: new (...a: never
 describe('emulated backend: apps, security and failures', function () {
   this.timeout(60_000);
   let manager: ElisaManager;
+  let fds = 0;
   before(function () { requireKvm(this); });
-  beforeEach(() => { manager = ElisaManager.create({ arenaPages: 1024 }); });
+  beforeEach(() => {
+    fds = readdirSync('/proc/self/fd').length;
+    manager = ElisaManager.create({ arenaPages: 1024 });
+  });
   afterEach(() => {
-    // Every test disposes what it attached: the arena must be back to empty.
+    // Every test disposes what it attached, whatever happened to the guest: the arena
+    // must be back to empty and every VM, vCPU and memfd closed.
     const inUse = manager.allocator.stats().inUse;
     manager.dispose();
     expect(inUse, 'arena pages still in use after the test').to.equal(0);
+    // At most as many as before (a worker thread of an earlier suite may still be closing its own).
+    expect(readdirSync('/proc/self/fd').length, 'file descriptors left open by the test').to.be.at.most(fds);
   });
 
   it('args: all six argument registers arrive, the result comes back, callee-saved registers survive', () => {

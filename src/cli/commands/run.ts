@@ -54,7 +54,8 @@ export const run: CliCommand = {
     if (json) {
       io.out(JSON.stringify(report, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2));
     } else {
-      io.out(`elisa run ${app}: backend ${report.backend} (${report.backendWhy})`);
+      io.out(`elisa run ${app}: guest ${report.programs.guest} with a sub context running ${report.programs.sub}`);
+      io.out(`backend: ${report.backend} (${report.backendWhy})`);
       for (const c of report.console) for (const line of c.trimEnd().split('\n')) if (line) io.out(`  guest: ${line}`);
       io.out(`${report.ok ? 'ok' : 'FAILED'}: ${report.summary}`);
     }

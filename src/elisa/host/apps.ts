@@ -36,6 +36,8 @@ export interface AppReport {
   result: bigint | undefined;
   /** Guest console output, per guest. */
   console: string[];
+  /** The programs that ran: guest (default context) and sub program, under native/guest/out. */
+  programs: { guest: string; sub: string };
   /** App-specific figures. */
   details: Record<string, unknown>;
 }
@@ -70,7 +72,7 @@ export function runApp(app: AppName, options: AppOptions = {}): AppReport {
   const { backend, why } = selectBackend(options.backend ?? 'auto');
   const timeoutMs = options.timeoutMs ?? 30_000;
   using manager = ElisaManager.create({ arenaPages: 1024 });
-  const base = { app, backend: backend.name, backendWhy: why };
+  const base = { app, backend: backend.name, backendWhy: why, programs: { guest: `${app}.elf`, sub: `sub/${app}.elf (entry elisa_sub_entry)` } };
   switch (app) {
     case 'nop': {
       using guest = GuestMachine.create('nop');
