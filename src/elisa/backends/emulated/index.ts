@@ -87,6 +87,28 @@ export class ContextExitError extends GuestError {
   }
 }
 
+/** The outcome of a VMFUNC: the context to switch to, or why it fails (#UD). */
+export type VmfuncOutcome<T> = { ok: true; target: T; slot: number } | { ok: false; failure: string };
+
+/**
+ * VMFUNC's rules (SDM: VM functions; EPTP switching), as the CPU applies them: EAX
+ * (32 bits) selects the function and only 0 (EPTP switching) is enabled; ECX (32 bits)
+ * indexes the 512-entry EPTP list; the entry read now must be the EPTP of a known context.
+ * Upper halves of RAX and RCX are ignored.
+ */
+export function vmfuncOutcome<T>(rax: bigint, rcx: bigint, listEntry: (index: number) => bigint, contexts: ReadonlyMap<bigint, T>): VmfuncOutcome<T> {
+  const eax = Number(rax & 0xffffffffn);
+  const ecx = Number(rcx & 0xffffffffn);
+  if (eax !== 0) return { ok: false, failure: `EAX = ${hex(eax)}: only VM function 0 (EPTP switching) is enabled` };
+  if (ecx >= 512) return { ok: false, failure: `ECX = ${hex(ecx)}: the EPTP list has 512 entries` };
+  const eptp = listEntry(ecx);
+  const target = contexts.get(eptp);
+  if (eptp === 0n || target === undefined) {
+    return { ok: false, failure: eptp === 0n ? `EPTP list entry ${ecx} is empty` : `EPTP list entry ${ecx} (${hex(eptp)}) is not the EPTP of a context of this vCPU` };
+  }
+  return { ok: true, target, slot: ecx };
+}
+
 /** One memory slot of a context VM. */
 export interface ContextSlot {
   gpa: bigint;
@@ -383,29 +405,20 @@ class EmulatedAttachment implements BackendAttachment {
    */
   #vmfunc(cur: Context, rip: bigint, trap: VmfuncEvent['trap'], injectOnFailure = true): boolean {
     const v = cur.view;
-    const eax = Number(v.getBigUint64(RAX, true) & 0xffffffffn);
-    const ecx = Number(v.getBigUint64(RCX, true) & 0xffffffffn);
-    let failure: string | undefined;
-    let target: Context | undefined;
-    if (eax !== 0) failure = `EAX = ${hex(eax)}: only VM function 0 (EPTP switching) is enabled`;
-    else if (ecx >= 512) failure = `ECX = ${hex(ecx)}: the EPTP list has 512 entries`;
-    else {
-      // The list is live memory: read the entry now, as the CPU would.
-      const eptp = this.#list.getBigUint64(ecx * 8, true);
-      target = this.#byEptp.get(eptp);
-      if (!target) failure = eptp === 0n ? `EPTP list entry ${ecx} is empty` : `EPTP list entry ${ecx} (${hex(eptp)}) is not the EPTP of a context of this vCPU`;
-    }
-    if (failure !== undefined || !target) {
-      const ev: VmfuncEvent = { from: cur.name, rip, trap, failure: failure ?? 'no target' };
+    // The list is live memory: the entry is read now, as the CPU would.
+    const outcome = vmfuncOutcome(v.getBigUint64(RAX, true), v.getBigUint64(RCX, true), (i) => this.#list.getBigUint64(i * 8, true), this.#byEptp);
+    if (!outcome.ok) {
+      const ev: VmfuncEvent = { from: cur.name, rip, trap, failure: outcome.failure };
       this.stats.failures.push(ev);
       this.#trace?.push(ev);
       // VMFUNC failed: KVM injects #UD with RIP at the VMFUNC.
       if (injectOnFailure) this.#injectUd(cur, rip);
       return false;
     }
+    const target = outcome.target;
     if (cur === this.#default) {
       const cr3 = v.getBigUint64(CR3, true) & ADDRESS_MASK;
-      if (cr3 !== this.#gate.aptGpa || cr3 !== this.#sub.aptGpa) {
+      if (cr3 !== this.#aptCr3[0]) {
         this.#placeApt(this.#gate, cr3);
         this.#placeApt(this.#sub, cr3);
         this.#aptCr3[0] = cr3;
