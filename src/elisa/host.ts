@@ -67,6 +67,8 @@ export interface ManagerOptions {
 /** Pages of manager memory that can be mapped into several sub contexts. */
 export interface SharedPages extends Disposable {
   readonly pages: readonly PhysPage[];
+  /** Attachments that map these pages now (dispose refuses while there are any). */
+  readonly users: number;
   /** The bytes of page `i` (host view of what the sub contexts see). */
   bytes(i?: number): Uint8Array;
   /** Returns the pages to the arena (after every attachment using them is gone). */
@@ -186,12 +188,21 @@ export class ElisaManager implements Disposable, ManagerMemory {
     }
     let freed = false;
     const allocator = this.allocator;
-    return {
+    const shared = {
       pages,
+      users: 0,
       bytes: (i = 0) => { if (freed) throw new Error('shared pages were disposed'); return pages[i]!.bytes; },
-      dispose() { if (freed) return; freed = true; for (const p of pages) allocator.free(p); },
+      dispose() {
+        if (freed) return;
+        // Freed pages would be handed out again while sub contexts still map them.
+        if (shared.users > 0) throw new Error(`shared pages are still mapped by ${shared.users} attachment(s): dispose those first`);
+        freed = true;
+        for (const p of pages) allocator.free(p);
+      },
       [Symbol.dispose]() { this.dispose(); },
     };
+    sharedState.set(shared, () => freed);
+    return shared;
   }
 
   /**
@@ -217,6 +228,8 @@ export class ElisaManager implements Disposable, ManagerMemory {
 }
 
 const attached = new WeakMap<GuestMachine, HostAttachment>();
+/** Whether SharedPages made by a manager were freed (so attach can refuse them). */
+const sharedState = new WeakMap<object, () => boolean>();
 
 class HostAttachment implements Attachment {
   readonly contexts: ElisaContexts;
@@ -229,12 +242,14 @@ class HostAttachment implements Attachment {
   readonly #region: bigint;
   readonly #entryVar: bigint;
   readonly #onDispose: () => void;
+  #shared: { users: number }[] = [];
   #disposed = false;
 
   constructor(manager: ElisaManager, guest: GuestMachine, request: AttachRequest, onDispose: () => void) {
     this.#manager = manager;
     this.#guest = guest;
     this.#onDispose = onDispose;
+    if (guest.memory.disposed) throw new AttachError(`guest ${guest.name} was disposed`);
     if (attached.has(guest)) {
       throw new AttachError(`guest ${guest.name}: vCPU 0 already has a sub context attached (one attachment per vCPU; dispose the first one)`);
     }
@@ -303,6 +318,9 @@ class HostAttachment implements Attachment {
       }
       let sharedIndex = 0n;
       for (const s of request.shared ?? []) {
+        const freed = sharedState.get(s.shared);
+        if (!freed) throw new AttachError('shared pages must come from ElisaManager.allocateShared');
+        if (freed()) throw new AttachError('shared pages were disposed');
         s.shared.pages.forEach((page, i) => {
           maps.push({ name: `shared page ${i} at ${hex(s.gva + BigInt(i) * PAGE_SIZE_N)}`, source: { physical: page.address },
             gva: s.gva + BigInt(i) * PAGE_SIZE_N, gpa: SHARED_BASE_GPA + sharedIndex++ * PAGE_SIZE_N, level: 1,
@@ -335,6 +353,8 @@ class HostAttachment implements Attachment {
     mem.set(contexts.defaultPages.bottom.bytes, Number(region) + 2 * PAGE_SIZE);
     new DataView(guest.memory.buffer).setBigUint64(Number(this.#entryVar), this.entryGva, true);
     attached.set(guest, this);
+    this.#shared = (request.shared ?? []).map((s) => s.shared as { users: number });
+    for (const s of this.#shared) s.users++;
     guest.onDispose(() => this.dispose());
   }
 
@@ -347,6 +367,7 @@ class HostAttachment implements Attachment {
     this.#disposed = true;
     this.#backend.dispose();
     this.contexts.destroy();
+    for (const s of this.#shared) s.users--;
     for (const p of this.#programPages) this.#manager.allocator.free(p);
     if (!this.#guest.memory.disposed) {
       this.#guest.memory.bytes(Number(this.#region), 3 * PAGE_SIZE).fill(0);

@@ -195,6 +195,10 @@ describe('emulated backend: apps, security and failures', function () {
       expect(Number(err.rip)).to.be.within(fault.value, fault.value + fault.size - 1);
       expect(err.message).to.match(/sub context of guest vCPU 0 stopped: shutdown/);
       expect(() => guest.run()).to.throw(/terminated earlier/);
+      // Detaching does not make the half-run guest runnable again.
+      manager.dispose();
+      expect(() => guest.run()).to.throw(/terminated earlier: the sub context of vCPU 0 stopped/);
+      manager = ElisaManager.create({ arenaPages: 1024 });
     } finally { guest.dispose(); }
   });
 

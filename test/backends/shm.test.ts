@@ -47,6 +47,21 @@ describe('emulated backend: shm between two guests', function () {
     }
   });
 
+  it('shared pages cannot be freed while a sub context maps them', () => {
+    using manager = ElisaManager.create({ arenaPages: 1024 });
+    const shared = manager.allocateShared(1);
+    const guest = GuestMachine.create('shm');
+    const att = manager.attach(guest, { program: 'sub/shm', shared: [{ shared, gva: SHM_GVA }] });
+    expect(shared.users).to.equal(1);
+    expect(() => shared.dispose()).to.throw(/still mapped by 1 attachment/);
+    att.dispose();
+    expect(shared.users).to.equal(0);
+    shared.dispose();
+    expect(() => manager.attach(guest, { program: 'sub/shm', shared: [{ shared, gva: SHM_GVA }] })).to.throw(/shared pages were disposed/);
+    guest.dispose();
+    expect(manager.allocator.stats().inUse).to.equal(0);
+  });
+
   it('runApp(shm) reports 2N', () => {
     const report = runApp('shm', { iterations: 5 });
     expect(report.result).to.equal(10n);

@@ -68,6 +68,7 @@ export class GuestMachine implements Disposable {
   #executor: VcpuExecutor | undefined;
   #invalidOpcode: ((report: ExceptionReport) => boolean) | undefined;
   #console = '';
+  #terminated: string | undefined;
   #disposed = false;
   #onDispose: (() => void)[] = [];
 
@@ -126,6 +127,15 @@ export class GuestMachine implements Disposable {
    */
   setInvalidOpcodeHandler(handler: ((report: ExceptionReport) => boolean) | undefined): void { this.#invalidOpcode = handler; }
 
+  /**
+   * Marks the guest as unable to continue (e.g. its vCPU state was left in a sub context
+   * that faulted): every later run() throws a GuestError saying why.
+   */
+  terminate(reason: string): void { this.#terminated ??= reason; }
+
+  /** Why the guest cannot run any more, if it cannot. */
+  get terminated(): string | undefined { return this.#terminated; }
+
   /** Registers a clean-up to run (first) when the machine is disposed. */
   onDispose(fn: () => void): void { this.#onDispose.push(fn); }
 
@@ -143,6 +153,8 @@ export class GuestMachine implements Disposable {
    */
   run(options: GuestRunOptions = {}): GuestRunResult {
     const timeoutMs = options.timeoutMs ?? 10_000;
+    if (this.#disposed) throw new GuestError(`guest ${this.name} was disposed`, this.#console);
+    if (this.#terminated) throw new GuestError(`guest ${this.name} was terminated earlier: ${this.#terminated}`, this.#console);
     const started = performance.now();
     const deadline = started + timeoutMs;
     let result: bigint | undefined;

@@ -371,6 +371,7 @@ class EmulatedAttachment implements BackendAttachment {
         : exit.kind === 'shutdown' ? 'shutdown (triple fault: an exception, and no IDT is mapped in this context)'
         : describeGuestExit(exit, rip);
       this.#dead = `guest vCPU 0 was terminated earlier: the ${cur.name} context stopped (${what})`;
+      this.#machine.terminate(`the ${cur.name} context of vCPU 0 stopped (${what}) at RIP ${hex(rip)}`);
       throw new ContextExitError(cur.name, 0, rip, what, this.#machine.console);
     }
   }
