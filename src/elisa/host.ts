@@ -18,7 +18,7 @@ import { guestProgramPath } from '../x86/programs';
 import { hex } from './address';
 import { EmulatedBackend } from './backends/emulated';
 import {
-  BackendUnavailableError, emulatedAvailability, vmfuncAvailability,
+  BackendUnavailableError, emulatedAvailability, vmfuncAvailability, vmfuncBackend,
   type AttachmentStats, type AttachOptions, type Availability, type Backend, type BackendAttachment, type BackendChoice,
   type ManagerMemory, type VmfuncEvent,
 } from './backends/backend';
@@ -127,7 +127,9 @@ export function selectBackend(choice: BackendChoice = 'auto'): { backend: Backen
     throw new BackendUnavailableError(`unknown backend '${String(choice)}' (auto, emulated or vmfunc)`);
   }
   if (choice === 'vmfunc' || (choice === 'auto' && vmfunc.available)) {
-    if (!vmfunc.available) throw new BackendUnavailableError(`the vmfunc backend cannot run here: ${vmfunc.reason}`);
+    const provider = vmfuncBackend();
+    if (!vmfunc.available || !provider) throw new BackendUnavailableError(`the vmfunc backend cannot run here: ${vmfunc.reason}`);
+    return { backend: provider.create(), why: choice === 'vmfunc' ? 'requested with --backend vmfunc' : `VMFUNC available: ${vmfunc.reason}`, availability };
   }
   if (!emulated.available) throw new BackendUnavailableError(`the emulated backend cannot run here: ${emulated.reason}`);
   const why = choice === 'emulated' ? 'requested with --backend emulated' : `vmfunc unavailable: ${vmfunc.reason}`;

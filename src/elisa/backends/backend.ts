@@ -105,11 +105,30 @@ export interface Availability {
   reason: string;
 }
 
+/** How the hardware backend plugs in (it lives in its own module; see registerVmfuncBackend). */
+export interface VmfuncProvider {
+  /** Whether it can run on this host, and why (not). */
+  availability(): Availability;
+  /** A backend instance. */
+  create(): Backend;
+}
+
+let vmfuncProvider: VmfuncProvider | undefined;
+
+/** Registers the hardware (VMFUNC) backend so that `auto` and `--backend vmfunc` can pick it. */
+export function registerVmfuncBackend(provider: VmfuncProvider | undefined): void { vmfuncProvider = provider; }
+
+/** The registered hardware backend, if any. */
+export function vmfuncBackend(): VmfuncProvider | undefined { return vmfuncProvider; }
+
 /**
  * Whether the hardware backend can run here: it needs Intel VT-x with VMFUNC EPTP
  * switching exposed to KVM and the ELISA hypercalls in the host kernel (kernel-patch/).
+ * A registered provider answers for itself; otherwise the CPU flags say why not.
  */
-export function vmfuncAvailability(cpuinfo = safeRead('/proc/cpuinfo')): Availability {
+export function vmfuncAvailability(cpuinfo?: string): Availability {
+  if (vmfuncProvider && cpuinfo === undefined) return vmfuncProvider.availability();
+  cpuinfo ??= safeRead('/proc/cpuinfo');
   const flags = /^flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.trim().split(/\s+/) ?? [];
   const vmxFlags = /^vmx flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.trim().split(/\s+/) ?? [];
   const vendor = /^vendor_id\s*:\s*(\S+)/m.exec(cpuinfo)?.[1] ?? 'unknown';
