@@ -13,16 +13,22 @@
 // the vCPU's architectural state moves into the target context's VM through kvm_run's
 // synced registers (regs, sregs, events: no extra ioctl), RIP just past the VMFUNC.
 //
+// Successful switches at generated sites run in a C++ loop by default (native-loop.ts);
+// everything else comes back here. On hosts whose CPU raises #UD for VMFUNC, the guest's
+// exception report is recognised and the VMFUNC carried out (#onInvalidOpcode).
+//
 // What this cannot enforce, documented in docs/backends.md: execute-only and
 // non-executable EPT rights (a KVM slot is readable and executable), and the APT for
 // any GPA other than the guest's CR3 in force (an unmapped GPA here is an MMIO exit,
 // not the page-table root).
 import { Cap, ExitReason, InternalErrorSuberror, IoDirection, KvmRun, SyncRegs, type Vcpu, type Vm } from '../../../kvm';
-import { native } from '../../../kvm/native';
-import { hex, levelSize } from '../../address';
+import { hex } from '../../address';
 import type { ElisaContexts } from '../../context';
 import { encodeEptp } from '../../ept';
-import { ADDRESS_MASK, EPT } from '../../flags';
+import { ADDRESS_MASK } from '../../flags';
+import { NATIVE_TIMEOUT, nativeSwitch, type SwitchLoop } from './native-loop';
+import { slotsFromEpt } from './slots';
+import { VMFUNC_OPCODE, VMFUNC_TRAP_BYTES, VMFUNC_TRAP_PORT, vmfuncOutcome } from './vmfunc';
 import type { PhysPage } from '../../memory';
 import { describeGuestExit, GuestError, type GuestMachine } from '../../host/machine';
 import type { ExceptionReport } from '../../../x86/exceptions';
@@ -30,27 +36,10 @@ import type {
   AttachmentStats, AttachOptions, Backend, BackendAttachment, ManagerMemory, SwitchTiming, VmfuncEvent,
 } from '../backend';
 
-/** The I/O port of the rewritten VMFUNC sites (`out 0xd4, al`: 0xd4 is VMFUNC's last opcode byte). */
-export const VMFUNC_TRAP_PORT = 0xd4;
-/** What each generated VMFUNC (0f 01 d4) is rewritten to: out 0xd4, al; nop. */
-export const VMFUNC_TRAP_BYTES: readonly number[] = Object.freeze([0xe6, VMFUNC_TRAP_PORT, 0x90]);
-/** VMFUNC's encoding. */
-export const VMFUNC_OPCODE: readonly number[] = Object.freeze([0x0f, 0x01, 0xd4]);
+export { VMFUNC_OPCODE, VMFUNC_TRAP_BYTES, VMFUNC_TRAP_PORT, vmfuncOutcome, type VmfuncOutcome } from './vmfunc';
+export { slotsFromEpt, type ContextSlot } from './slots';
 
 const UD_VECTOR = 6;
-/** Status of the native loop's run() meaning the deadline passed (elisa_switch.cc). */
-const NATIVE_TIMEOUT = 2;
-
-/** The native hot loop (native/addon/elisa_switch.cc). */
-interface SwitchLoop {
-  /** Runs from context `start` until an exit JS must see; returns (status << 8) | context. */
-  run(start: number, timeoutMs: number): number;
-  close(): void;
-}
-const nativeSwitch = native as unknown as {
-  SwitchLoop: new (fds: Int32Array, runs: ArrayBuffer[], list: Uint8Array, eptps: BigUint64Array,
-    sites: BigUint64Array[], aptCr3: BigUint64Array, counters: Uint32Array) => SwitchLoop;
-};
 // Offsets into kvm_run's synced areas (struct kvm_regs / kvm_sregs).
 const RAX = KvmRun.sync_regs + 0;
 const RCX = KvmRun.sync_regs + 16;
@@ -85,67 +74,6 @@ export class ContextExitError extends GuestError {
       `(its state stays in the ${context} context, so it cannot continue)`, console);
     this.context = context; this.vcpu = vcpu; this.rip = rip; this.exit = exit;
   }
-}
-
-/** The outcome of a VMFUNC: the context to switch to, or why it fails (#UD). */
-export type VmfuncOutcome<T> = { ok: true; target: T; slot: number } | { ok: false; failure: string };
-
-/**
- * VMFUNC's rules (SDM: VM functions; EPTP switching), as the CPU applies them: EAX
- * (32 bits) selects the function and only 0 (EPTP switching) is enabled; ECX (32 bits)
- * indexes the 512-entry EPTP list; the entry read now must be the EPTP of a known context.
- * Upper halves of RAX and RCX are ignored.
- */
-export function vmfuncOutcome<T>(rax: bigint, rcx: bigint, listEntry: (index: number) => bigint, contexts: ReadonlyMap<bigint, T>): VmfuncOutcome<T> {
-  const eax = Number(rax & 0xffffffffn);
-  const ecx = Number(rcx & 0xffffffffn);
-  if (eax !== 0) return { ok: false, failure: `EAX = ${hex(eax)}: only VM function 0 (EPTP switching) is enabled` };
-  if (ecx >= 512) return { ok: false, failure: `ECX = ${hex(ecx)}: the EPTP list has 512 entries` };
-  const eptp = listEntry(ecx);
-  const target = contexts.get(eptp);
-  if (eptp === 0n || target === undefined) {
-    return { ok: false, failure: eptp === 0n ? `EPTP list entry ${ecx} is empty` : `EPTP list entry ${ecx} (${hex(eptp)}) is not the EPTP of a context of this vCPU` };
-  }
-  return { ok: true, target, slot: ecx };
-}
-
-/** One memory slot of a context VM. */
-export interface ContextSlot {
-  gpa: bigint;
-  /** Byte offset into the arena memory. */
-  offset: number;
-  size: number;
-  readonly: boolean;
-  /** 'ept' for slots derived from EPT leaves, 'apt' for the page-table root at the guest's CR3. */
-  source: 'ept' | 'apt';
-}
-
-/**
- * Derives a context VM's memory slots by walking the EPT's leaves: each leaf's GPA
- * range is backed by the arena bytes its HPA names; adjacent leaves whose GPAs and
- * HPAs are both contiguous and whose writability agrees are coalesced. Throws if a
- * leaf points outside the arena (the backend can only back arena memory).
- */
-export function slotsFromEpt(contexts: ElisaContexts, which: 'gate' | 'sub', manager: ManagerMemory): ContextSlot[] {
-  const { allocator } = manager;
-  const out: ContextSlot[] = [];
-  for (const leaf of contexts[which].ept.leaves()) {
-    const size = levelSize(leaf.level);
-    const hpa = leaf.entry & ADDRESS_MASK & ~(size - 1n);
-    if (hpa < allocator.base || hpa + size > allocator.end) {
-      throw new Error(`${which} context: EPT leaf GPA ${hex(leaf.gpa)} → HPA ${hex(hpa)} lies outside the manager arena ` +
-        `[${hex(allocator.base)}, ${hex(allocator.end)}): the emulated backend can only back arena memory`);
-    }
-    const readonly = (leaf.entry & EPT.W) === 0n;
-    const offset = Number(hpa - allocator.base);
-    const last = out[out.length - 1];
-    if (last && last.readonly === readonly && last.gpa + BigInt(last.size) === leaf.gpa && last.offset + last.size === offset) {
-      last.size += Number(size);
-    } else {
-      out.push({ gpa: leaf.gpa, offset, size: Number(size), readonly, source: 'ept' });
-    }
-  }
-  return out;
 }
 
 interface Context {
