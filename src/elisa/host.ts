@@ -6,7 +6,7 @@
 // backend, which makes the guest's VMFUNCs switch between them.
 //
 //   const manager = ElisaManager.create();
-//   const guest = GuestMachine.create('nop');                     // native/guest/out/nop.elf
+//   const guest = ElisaGuest.create('nop');                     // native/guest/out/nop.elf
 //   const att = manager.attach(guest, { program: 'sub/nop' });    // native/guest/out/sub/nop.elf
 //   guest.run();                                                  // prints "nop returned 1"
 //   guest.dispose(); manager.dispose();
@@ -25,9 +25,9 @@ import {
 import { buildContexts, type ElisaContexts } from './context';
 import type { MapRequest } from './mapreq';
 import { ArenaAllocator, PAGE_SIZE, PAGE_SIZE_N, type PhysPage } from './memory';
-import type { GuestMachine } from './host/machine';
+import type { ElisaGuest } from './host/machine';
 
-export { GuestMachine, type GuestMachineOptions, type GuestRunOptions, type GuestRunResult } from './host/machine';
+export { ElisaGuest, type ElisaGuestOptions, type ElisaRunOptions, type ElisaRunResult } from './host/machine';
 
 /** Where the manager arena appears as "host-physical" memory in EPT entries: 32 GiB, far above guest RAM. */
 export const DEFAULT_ARENA_BASE = 1n << 35n;
@@ -211,7 +211,7 @@ export class ElisaManager implements Disposable, ManagerMemory {
    * Attaches a sub context running `request.program` to the guest's vCPU 0. Call before
    * guest.run(); the guest then enters it with elisa_gate_entry(a0..a5).
    */
-  attach(guest: GuestMachine, request: AttachRequest): Attachment {
+  attach(guest: ElisaGuest, request: AttachRequest): Attachment {
     if (this.#disposed) throw new AttachError('the manager was disposed');
     const att = new HostAttachment(this, guest, request, () => this.#attachments.delete(att));
     this.#attachments.add(att);
@@ -229,7 +229,7 @@ export class ElisaManager implements Disposable, ManagerMemory {
   [Symbol.dispose](): void { this.dispose(); }
 }
 
-const attached = new WeakMap<GuestMachine, HostAttachment>();
+const attached = new WeakMap<ElisaGuest, HostAttachment>();
 /** Whether SharedPages made by a manager were freed (so attach can refuse them). */
 const sharedState = new WeakMap<object, () => boolean>();
 
@@ -238,7 +238,7 @@ class HostAttachment implements Attachment {
   readonly entryGva: bigint;
   readonly subEntry: bigint;
   readonly #backend: BackendAttachment;
-  readonly #guest: GuestMachine;
+  readonly #guest: ElisaGuest;
   readonly #programPages: PhysPage[] = [];
   readonly #manager: ElisaManager;
   readonly #region: bigint;
@@ -247,7 +247,7 @@ class HostAttachment implements Attachment {
   #shared: { users: number }[] = [];
   #disposed = false;
 
-  constructor(manager: ElisaManager, guest: GuestMachine, request: AttachRequest, onDispose: () => void) {
+  constructor(manager: ElisaManager, guest: ElisaGuest, request: AttachRequest, onDispose: () => void) {
     this.#manager = manager;
     this.#guest = guest;
     this.#onDispose = onDispose;

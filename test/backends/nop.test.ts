@@ -3,7 +3,7 @@
 import { readdirSync } from 'node:fs';
 import { expect } from 'chai';
 import { requireKvm } from '../support/kvm';
-import { ElisaManager, GuestMachine } from '../../src/elisa/host';
+import { ElisaManager, ElisaGuest } from '../../src/elisa/host';
 import { EmulatedBackend } from '../../src/elisa/backends/emulated';
 import type { VmfuncEvent } from '../../src/elisa/backends/backend';
 import { AppRunError, runAppAsync } from '../../src/elisa/host/async';
@@ -16,7 +16,7 @@ describe('emulated backend: nop round trip', function () {
 
   it('runs nop: the guest calls the gate, the sub context returns 1, the guest prints it', () => {
     using manager = ElisaManager.create({ arenaPages: 512 });
-    using guest = GuestMachine.create('nop');
+    using guest = ElisaGuest.create('nop');
     const trace: VmfuncEvent[] = [];
     const att = manager.attach(guest, { program: 'sub/nop', backend: new EmulatedBackend(), trace });
     expect(att.backend).to.equal('emulated');
@@ -38,7 +38,7 @@ describe('emulated backend: nop round trip', function () {
     const fdsBefore = openFds();
     const pagesBefore = manager.allocator.stats().inUse;
     for (let i = 0; i < 2; i++) {
-      const guest = GuestMachine.create('nop');
+      const guest = ElisaGuest.create('nop');
       const att = manager.attach(guest, { program: 'sub/nop' });
       expect(manager.allocator.stats().inUse).to.be.greaterThan(pagesBefore);
       expect(guest.run().result).to.equal(1n);
@@ -62,7 +62,7 @@ describe('emulated backend: loops and threads', function () {
   it('the JavaScript switch loop gives the same results as the native one', () => {
     for (const nativeLoop of [true, false]) {
       using manager = ElisaManager.create({ arenaPages: 512 });
-      using guest = GuestMachine.create('args');
+      using guest = ElisaGuest.create('args');
       const att = manager.attach(guest, { program: 'sub/args', nativeLoop });
       expect(guest.run().result).to.equal(0x3b80760006a3d5a3n);
       expect(att.stats.switchesTo).to.deep.equal({ default: 1, gate: 1, sub: 1 });

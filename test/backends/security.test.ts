@@ -6,7 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { expect } from 'chai';
 import { requireKvm } from '../support/kvm';
 import {
-  AttachError, CONTEXT_BASE_GPA, ElisaManager, GuestMachine, PROGRAM_BASE_GPA, type Attachment,
+  AttachError, CONTEXT_BASE_GPA, ElisaManager, ElisaGuest, PROGRAM_BASE_GPA, type Attachment,
 } from '../../src/elisa/host';
 import { ContextExitError, slotsFromEpt, VMFUNC_TRAP_BYTES } from '../../src/elisa/backends/emulated';
 import { runApp, setGuestU64 } from '../../src/elisa/host/apps';
@@ -17,8 +17,8 @@ import { guestProgramPath } from '../../src/x86/programs';
 
 const MINUS_ONE = (1n << 64n) - 1n;
 
-function probe(manager: ElisaManager, mode: number, arg = 0n, entry?: string): { guest: GuestMachine; att: Attachment } {
-  const guest = GuestMachine.create('probe');
+function probe(manager: ElisaManager, mode: number, arg = 0n, entry?: string): { guest: ElisaGuest; att: Attachment } {
+  const guest = ElisaGuest.create('probe');
   setGuestU64(guest, 'probe_mode', BigInt(mode));
   setGuestU64(guest, 'probe_arg', arg);
   const att = manager.attach(guest, { program: 'sub/probe', ...(entry ? { entry } : {}) });
@@ -214,7 +214,7 @@ describe('emulated backend: apps, security and failures', function () {
 
   describe('on a host whose CPU raises #UD for VMFUNC (simulated: the #UD is injected instead of handled)', () => {
     it('a foreign VMFUNC(0,511) is recognised by its #UD report and carried out: jump-into-gate still ends in -1', () => {
-      const guest = GuestMachine.create('probe');
+      const guest = ElisaGuest.create('probe');
       const att = manager.attach(guest, { program: 'sub/probe', simulateUdHost: true });
       const gate = att.contexts.dataPages.gateCode.bytes;
       let recheck = -1;
@@ -229,7 +229,7 @@ describe('emulated backend: apps, security and failures', function () {
     });
 
     it('a VMFUNC that must fail leaves the guest its #UD, recorded as such', () => {
-      const guest = GuestMachine.create('probe');
+      const guest = ElisaGuest.create('probe');
       const att = manager.attach(guest, { program: 'sub/probe', simulateUdHost: true });
       setGuestU64(guest, 'probe_mode', 2n);
       try {
@@ -245,7 +245,7 @@ describe('emulated backend: apps, security and failures', function () {
   it('FPU/SSE state stays per context by default and moves with every switch under moveFpu', function () {
     const value = 0x1234_5678_9abc_def0n;
     for (const moveFpu of [false, true]) {
-      const guest = GuestMachine.create('probe');
+      const guest = ElisaGuest.create('probe');
       setGuestU64(guest, 'probe_mode', 7n);
       setGuestU64(guest, 'probe_arg', value);
       manager.attach(guest, { program: 'sub/probe', entry: 'probe_xmm0', moveFpu });
@@ -266,30 +266,30 @@ describe('emulated backend: apps, security and failures', function () {
 
   describe('bad attach requests', () => {
     it('refuses a gate region that is not page aligned', () => {
-      using guest = GuestMachine.create('probe');
+      using guest = ElisaGuest.create('probe');
       expect(() => manager.attach(guest, { program: 'sub/probe', gateRegion: guest.symbol('elisa_gate_region') + 0x10n }))
         .to.throw(AttachError, /not 4 KiB aligned/);
     });
     it("refuses a gate region overlapping the guest's own mappings", () => {
-      using guest = GuestMachine.create('probe');
+      using guest = ElisaGuest.create('probe');
       expect(() => manager.attach(guest, { program: 'sub/probe', gateRegion: 0x100000n }))
         .to.throw(AttachError, /overlaps the guest's own mappings \(program segment \[0x100000/);
       expect(() => manager.attach(guest, { program: 'sub/probe', gateRegion: 0x4000n }))
         .to.throw(AttachError, /host-reserved first MiB/);
     });
     it('refuses a program without the entry symbol', () => {
-      using guest = GuestMachine.create('probe');
+      using guest = ElisaGuest.create('probe');
       expect(() => manager.attach(guest, { program: 'sub/probe', entry: 'no_such_function' }))
         .to.throw(AttachError, /has no symbol 'no_such_function'/);
       expect(() => manager.attach(guest, { program: new Uint8Array(64) })).to.throw(AttachError, /sub program/);
     });
     it('refuses a second attachment on the same vCPU', () => {
-      using guest = GuestMachine.create('probe');
+      using guest = ElisaGuest.create('probe');
       manager.attach(guest, { program: 'sub/probe' });
       expect(() => manager.attach(guest, { program: 'sub/probe' })).to.throw(AttachError, /already has a sub context attached/);
     });
     it('refuses a guest program that reserves no gate region', () => {
-      using guest = GuestMachine.create('hello');
+      using guest = ElisaGuest.create('hello');
       expect(() => manager.attach(guest, { program: 'sub/probe' })).to.throw(AttachError, /elisa_gate_entry_gva/);
     });
   });

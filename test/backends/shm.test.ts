@@ -2,7 +2,7 @@
 // manager page. Each guest increments the counter there N times through its gate.
 import { expect } from 'chai';
 import { requireKvm } from '../support/kvm';
-import { ElisaManager, GuestMachine, SHARED_BASE_GPA } from '../../src/elisa/host';
+import { ElisaManager, ElisaGuest, SHARED_BASE_GPA } from '../../src/elisa/host';
 import { runApp, setGuestU64, SHM_GVA } from '../../src/elisa/host/apps';
 import { GuestUnexpectedExit } from '../../src/x86/errors';
 
@@ -14,8 +14,8 @@ describe('emulated backend: shm between two guests', function () {
     using manager = ElisaManager.create({ arenaPages: 1024 });
     using shared = manager.allocateShared(1);
     const n = 10n;
-    using a = GuestMachine.create('shm');
-    using b = GuestMachine.create('shm');
+    using a = ElisaGuest.create('shm');
+    using b = ElisaGuest.create('shm');
     const atts = [a, b].map((g) => {
       setGuestU64(g, 'shm_iterations', n);
       return manager.attach(g, { program: 'sub/shm', shared: [{ shared, gva: SHM_GVA }] });
@@ -39,7 +39,7 @@ describe('emulated backend: shm between two guests', function () {
     using manager = ElisaManager.create({ arenaPages: 1024 });
     using shared = manager.allocateShared(1);
     for (const gpa of [SHARED_BASE_GPA, shared.pages[0]!.address]) {
-      using guest = GuestMachine.create('probe');
+      using guest = ElisaGuest.create('probe');
       setGuestU64(guest, 'probe_mode', 5n);
       setGuestU64(guest, 'probe_arg', gpa);
       manager.attach(guest, { program: 'sub/probe', shared: [{ shared, gva: SHM_GVA }] });
@@ -50,7 +50,7 @@ describe('emulated backend: shm between two guests', function () {
   it('shared pages cannot be freed while a sub context maps them', () => {
     using manager = ElisaManager.create({ arenaPages: 1024 });
     const shared = manager.allocateShared(1);
-    const guest = GuestMachine.create('shm');
+    const guest = ElisaGuest.create('shm');
     const att = manager.attach(guest, { program: 'sub/shm', shared: [{ shared, gva: SHM_GVA }] });
     expect(shared.users).to.equal(1);
     expect(() => shared.dispose()).to.throw(/still mapped by 1 attachment/);

@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import type { ElisaContexts } from '../context';
 import type { ArenaAllocator } from '../memory';
 import type { GuestMemory } from '../../kvm';
-import type { GuestMachine } from '../host/machine';
+import type { ElisaGuest } from '../host/machine';
 
 /** Backend names, as `--backend` spells them. */
 export type BackendName = 'emulated' | 'vmfunc';
@@ -95,7 +95,7 @@ export interface SwitchTiming {
 export interface Backend {
   readonly name: BackendName;
   /** Attaches `contexts` to the guest's vCPU 0: from now on its VMFUNCs switch contexts. */
-  attach(machine: GuestMachine, contexts: ElisaContexts, manager: ManagerMemory, options?: AttachOptions): BackendAttachment;
+  attach(machine: ElisaGuest, contexts: ElisaContexts, manager: ManagerMemory, options?: AttachOptions): BackendAttachment;
 }
 
 /** Whether a backend can run on this host, and why (not). */

@@ -4,7 +4,7 @@
 import { hex } from '../address';
 import type { BackendChoice } from '../backends/backend';
 import { ElisaManager, selectBackend, type Attachment } from '../host';
-import { GuestMachine } from './machine';
+import { ElisaGuest } from './machine';
 
 /** The apps `elisa run` knows. */
 export const APP_NAMES = ['nop', 'args', 'shm', 'bench'] as const;
@@ -56,12 +56,12 @@ export function argsExpected(values: readonly bigint[] = ARGS_VALUES): bigint {
 export const SHM_GVA = 0x5000_0000n;
 
 /** Writes a u64 guest variable by symbol (before the run). */
-export function setGuestU64(guest: GuestMachine, symbol: string, value: bigint): void {
+export function setGuestU64(guest: ElisaGuest, symbol: string, value: bigint): void {
   new DataView(guest.memory.buffer).setBigUint64(Number(guest.symbol(symbol)), value, true);
 }
 
 /** Reads `count` u64 of a guest array by symbol (after the run). */
-export function readGuestU64s(guest: GuestMachine, symbol: string, count: number): bigint[] {
+export function readGuestU64s(guest: ElisaGuest, symbol: string, count: number): bigint[] {
   const view = new DataView(guest.memory.buffer);
   const at = Number(guest.symbol(symbol));
   return Array.from({ length: count }, (_, i) => view.getBigUint64(at + 8 * i, true));
@@ -75,7 +75,7 @@ export function runApp(app: AppName, options: AppOptions = {}): AppReport {
   const base = { app, backend: backend.name, backendWhy: why, programs: { guest: `${app}.elf`, sub: `sub/${app}.elf (entry elisa_sub_entry)` } };
   switch (app) {
     case 'nop': {
-      using guest = GuestMachine.create('nop');
+      using guest = ElisaGuest.create('nop');
       manager.attach(guest, { program: 'sub/nop', backend });
       const run = guest.run({ timeoutMs });
       const ok = run.result === 1n;
@@ -83,7 +83,7 @@ export function runApp(app: AppName, options: AppOptions = {}): AppReport {
         summary: `nop returned ${run.result} (expected 1)`, details: { elapsedMs: run.elapsedMs } };
     }
     case 'args': {
-      using guest = GuestMachine.create('args');
+      using guest = ElisaGuest.create('args');
       manager.attach(guest, { program: 'sub/args', backend });
       const run = guest.run({ timeoutMs });
       const expected = argsExpected();
@@ -95,8 +95,8 @@ export function runApp(app: AppName, options: AppOptions = {}): AppReport {
     case 'shm': {
       const n = BigInt(options.iterations ?? 8);
       using shared = manager.allocateShared(1);
-      using a = GuestMachine.create('shm', { name: 'shm guest A' });
-      using b = GuestMachine.create('shm', { name: 'shm guest B' });
+      using a = ElisaGuest.create('shm', { name: 'shm guest A' });
+      using b = ElisaGuest.create('shm', { name: 'shm guest B' });
       const attachments: Attachment[] = [a, b].map((g) => {
         setGuestU64(g, 'shm_iterations', n);
         return manager.attach(g, { program: 'sub/shm', backend, shared: [{ shared, gva: SHM_GVA }] });
@@ -111,7 +111,7 @@ export function runApp(app: AppName, options: AppOptions = {}): AppReport {
     }
     case 'bench': {
       const k = options.iterations ?? 16;
-      using guest = GuestMachine.create('bench');
+      using guest = ElisaGuest.create('bench');
       setGuestU64(guest, 'bench_iterations', BigInt(k));
       manager.attach(guest, { program: 'sub/bench', backend });
       const run = guest.run({ timeoutMs, ports: new Map([[0x5f0, () => undefined]]) });

@@ -8,7 +8,7 @@ import { cpus, hostname, release } from 'node:os';
 import type { BackendChoice, SwitchTiming } from '../backends/backend';
 import { ElisaManager, selectBackend } from '../host';
 import { readGuestU64s, setGuestU64 } from './apps';
-import { GuestMachine } from './machine';
+import { ElisaGuest } from './machine';
 
 /** Ports of the bench guest (apps/bench/main.c). */
 export const BENCH_PORTS = { pio: 0x5f0, calibrate: 0x5f1, progress: 0x5f2 } as const;
@@ -86,7 +86,7 @@ export function measureRoundTrips(options: BenchOptions = {}): BenchResult {
   if (!Number.isInteger(k) || k < 1 || k > BENCH_MAX_ITERATIONS) throw new RangeError(`iterations must be an integer in 1..${BENCH_MAX_ITERATIONS}, got ${k}`);
   const { backend, why } = selectBackend(options.backend ?? 'auto');
   using manager = ElisaManager.create({ arenaPages: 512 });
-  using guest = GuestMachine.create('bench');
+  using guest = ElisaGuest.create('bench');
   setGuestU64(guest, 'bench_iterations', BigInt(k));
   const timing: SwitchTiming = { trips: [], handling: [] };
   const hostTiming = options.hostTiming ?? false;

@@ -16,8 +16,8 @@ import { GuestMachine as X86Machine, MAX_CONSOLE_WRITE } from '../../x86/machine
 import { GuestPort } from '../../x86/ports';
 import { guestProgramPath } from '../../x86/programs';
 
-/** Options of GuestMachine.create. */
-export interface GuestMachineOptions {
+/** Options of ElisaGuest.create. */
+export interface ElisaGuestOptions {
   /** Guest RAM in bytes, identity mapped from GPA 0 (default 4 MiB; the program must fit). */
   memoryBytes?: number;
   /** A Kvm handle to share (default: opened here and closed on dispose). */
@@ -26,8 +26,8 @@ export interface GuestMachineOptions {
   name?: string;
 }
 
-/** Options of GuestMachine.run. */
-export interface GuestRunOptions {
+/** Options of ElisaGuest.run. */
+export interface ElisaRunOptions {
   /** Bound on the whole run in milliseconds (default 10 000). */
   timeoutMs?: number;
   /** Extra OUT ports the caller serves (e.g. a benchmark's baseline port): port → handler of the bytes written. */
@@ -35,7 +35,7 @@ export interface GuestRunOptions {
 }
 
 /** What a finished run produced. */
-export interface GuestRunResult {
+export interface ElisaRunResult {
   /** exit(code) / main's return value. */
   exitCode: number;
   /** The last value passed to result(), if any. */
@@ -56,7 +56,7 @@ export type VcpuExecutor = (remainingMs: number) => Vcpu;
 const hex = (v: bigint | number): string => `0x${v.toString(16)}`;
 
 /** A guest VM running one program from native/guest. Dispose it to free the VM and memory. */
-export class GuestMachine implements Disposable {
+export class ElisaGuest implements Disposable {
   /** The x86 layer's machine underneath (VM, vCPU, memory). */
   readonly x86: X86Machine;
   /** The loaded program. */
@@ -87,10 +87,10 @@ export class GuestMachine implements Disposable {
   get vcpu(): Vcpu { return this.x86.vcpu; }
 
   /**
-   * Creates a VM (x86 GuestMachine), loads `program` (a name in native/guest/out, a path,
+   * Creates a VM (the x86 layer's GuestMachine), loads `program` (a name in native/guest/out, a path,
    * or ELF bytes) and prepares vCPU 0 at its entry point in long mode with interrupts off.
    */
-  static create(program: string | Uint8Array, options: GuestMachineOptions = {}): GuestMachine {
+  static create(program: string | Uint8Array, options: ElisaGuestOptions = {}): ElisaGuest {
     const file = typeof program === 'string' ? readFileSync(program.includes('/') ? program : guestProgramPath(program)) : program;
     const name = options.name ?? (typeof program === 'string' ? program : 'guest program');
     const image = parseElf(file, name);
@@ -102,7 +102,7 @@ export class GuestMachine implements Disposable {
     try {
       x86.loadElf(file);
       x86.vcpu.sync.request(SyncRegs.REGS | SyncRegs.SREGS | SyncRegs.EVENTS);
-      return new GuestMachine(x86, image, name);
+      return new ElisaGuest(x86, image, name);
     } catch (err) {
       x86.dispose();
       throw err;
@@ -151,7 +151,7 @@ export class GuestMachine implements Disposable {
    * throws a GuestError (GuestFault, GuestAssertionError, GuestTimeout, ...) otherwise.
    * Synchronous on the calling thread: every context vCPU of this guest vCPU runs on it.
    */
-  run(options: GuestRunOptions = {}): GuestRunResult {
+  run(options: ElisaRunOptions = {}): ElisaRunResult {
     const timeoutMs = options.timeoutMs ?? 10_000;
     if (this.#disposed) throw new GuestError(`guest ${this.name} was disposed`, this.#console);
     if (this.#terminated) throw new GuestError(`guest ${this.name} was terminated earlier: ${this.#terminated}`, this.#console);

@@ -30,7 +30,7 @@ import { NATIVE_TIMEOUT, nativeSwitch, type SwitchLoop } from './native-loop';
 import { slotsFromEpt } from './slots';
 import { VMFUNC_OPCODE, VMFUNC_TRAP_BYTES, VMFUNC_TRAP_PORT, vmfuncOutcome } from './vmfunc';
 import type { PhysPage } from '../../memory';
-import { describeGuestExit, GuestError, type GuestMachine } from '../../host/machine';
+import { describeGuestExit, GuestError, type ElisaGuest } from '../../host/machine';
 import type { ExceptionReport } from '../../../x86/exceptions';
 import type {
   AttachmentStats, AttachOptions, Backend, BackendAttachment, ManagerMemory, SwitchTiming, VmfuncEvent,
@@ -98,7 +98,7 @@ export class EmulatedBackend implements Backend {
   readonly name = 'emulated' as const;
 
   /** See Backend.attach. */
-  attach(machine: GuestMachine, contexts: ElisaContexts, manager: ManagerMemory, options: AttachOptions = {}): BackendAttachment {
+  attach(machine: ElisaGuest, contexts: ElisaContexts, manager: ManagerMemory, options: AttachOptions = {}): BackendAttachment {
     return new EmulatedAttachment(machine, contexts, manager, options);
   }
 }
@@ -117,7 +117,7 @@ function rewriteSites(bytes: Uint8Array, offsets: readonly number[], what: strin
 class EmulatedAttachment implements BackendAttachment {
   readonly backend = 'emulated' as const;
   readonly stats: AttachmentStats = { switchesTo: { default: 0, gate: 0, sub: 0 }, failures: [], aptMoves: 0, stateMoves: { sregs: 0, events: 0 } };
-  readonly #machine: GuestMachine;
+  readonly #machine: ElisaGuest;
   readonly #manager: ManagerMemory;
   readonly #byEptp = new Map<bigint, Context>();
   readonly #default: Context;
@@ -140,7 +140,7 @@ class EmulatedAttachment implements BackendAttachment {
   #loop: SwitchLoop | undefined;
   #disposed = false;
 
-  constructor(machine: GuestMachine, contexts: ElisaContexts, manager: ManagerMemory, options: AttachOptions) {
+  constructor(machine: ElisaGuest, contexts: ElisaContexts, manager: ManagerMemory, options: AttachOptions) {
     this.#machine = machine;
     this.#manager = manager;
     this.#moveFpu = options.moveFpu ?? false;
