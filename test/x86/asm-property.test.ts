@@ -236,10 +236,15 @@ describe('x86 encoder: random instructions vs GNU objdump and as (property)', fu
   it('random jump graphs relax exactly like GNU as', function () {
     // A program is a sequence of NOP blocks, label bindings and jumps (jmp or jcc,
     // auto-sized) to random labels, forward or backward, near the 8-bit boundary.
-    type Step = { kind: 'pad'; n: number } | { kind: 'jump'; cond: number | null; to: number };
+    type Step = { kind: 'pad'; n: number } | { kind: 'jump'; cond: number | null; to: number; near: boolean };
     const step: fc.Arbitrary<Step> = fc.oneof(
       fc.record({ kind: fc.constant('pad' as const), n: fc.oneof(fc.integer({ min: 0, max: 8 }), fc.integer({ min: 100, max: 140 })) }),
-      fc.record({ kind: fc.constant('jump' as const), cond: fc.option(fc.integer({ min: 0, max: 15 }), { nil: null }), to: fc.nat() }),
+      fc.record({
+        kind: fc.constant('jump' as const),
+        cond: fc.option(fc.integer({ min: 0, max: 15 }), { nil: null }),
+        to: fc.nat(),
+        near: fc.integer({ min: 0, max: 4 }).map((n) => n === 0), // 1 in 5 forced near = as {disp32}
+      }),
     );
     const CC = ['jo', 'jno', 'jb', 'jae', 'je', 'jne', 'jbe', 'ja', 'js', 'jns', 'jp', 'jnp', 'jl', 'jge', 'jle', 'jg'];
     fc.assert(
@@ -261,9 +266,10 @@ describe('x86 encoder: random instructions vs GNU objdump and as (property)', fu
             if (st.n) text.push(`.fill ${st.n},1,0x90`);
           } else {
             const li = st.to % nLabels;
-            if (st.cond === null) a.jmp(labels[li]!);
-            else a.jcc(st.cond as Cond, labels[li]!);
-            text.push(`${st.cond === null ? 'jmp' : CC[st.cond]} L${li}`);
+            const size = st.near ? 'near' : 'auto';
+            if (st.cond === null) a.jmp(labels[li]!, size);
+            else a.jcc(st.cond as Cond, labels[li]!, size);
+            text.push(`${st.near ? '{disp32} ' : ''}${st.cond === null ? 'jmp' : CC[st.cond]} L${li}`);
           }
         });
         const ours = a.assemble().bytes;
