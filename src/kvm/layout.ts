@@ -4,6 +4,7 @@
 
 /** struct kvm_run field offsets. The exit union starts at 32. */
 export const KvmRun = {
+  request_interrupt_window: 0,
   immediate_exit: 1,
   exit_reason: 8,
   ready_for_interrupt_injection: 12,

@@ -284,6 +284,18 @@ export class Vcpu implements Disposable {
     return decodeExit(this.#runView, reason === ExitReason.INTR ? r.lastInterruptCause() : InterruptCause.NONE);
   }
 
+  // ---- kvm_run fields for userspace interrupt injection (KVM_INTERRUPT) ------------
+
+  /** kvm_run.request_interrupt_window: ask for an IRQ_WINDOW_OPEN exit when the guest can take an interrupt. */
+  set requestInterruptWindow(on: boolean) { this.runView.setUint8(KvmRun.request_interrupt_window, on ? 1 : 0); }
+  get requestInterruptWindow(): boolean { return this.runView.getUint8(KvmRun.request_interrupt_window) !== 0; }
+
+  /** kvm_run.ready_for_interrupt_injection after the last exit. */
+  get readyForInterruptInjection(): boolean { return this.runView.getUint8(KvmRun.ready_for_interrupt_injection) !== 0; }
+
+  /** kvm_run.if_flag: the guest's RFLAGS.IF at the last exit. */
+  get interruptFlag(): boolean { return this.runView.getUint8(KvmRun.if_flag) !== 0; }
+
   /** True while a runAsync() is in flight. */
   get running(): boolean { return this.#runner?.isRunning() ?? false; }
 

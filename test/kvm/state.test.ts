@@ -153,3 +153,27 @@ describe('vCPU state', function () {
     expect([back.nmi.pending, back.interrupt.injected]).to.deep.equal([false, false]);
   });
 });
+
+describe('userspace interrupt injection', function () {
+  before(function () { requireKvm(this); });
+
+  it('an interrupt injected with KVM_INTERRUPT runs the guest handler from the IVT (real mode)', function () {
+    // IVT entry 0x20 -> handler at 0:0x1100 which reports on port 0x21; the main
+    // code enables interrupts and spins.
+    using g = realModeGuest(`
+      movw $0x1100, 0x80
+      movw $0, 0x82
+      sti
+    1: jmp 1b
+    .org 0x100
+      mov $0x42, %al; out %al, $0x21; hlt`);
+    // Let the guest reach the spin with IF=1.
+    const e0 = g.vcpu.run({ timeoutMs: 30 });
+    expect(e0.kind === 'intr' && e0.timedOut).to.equal(true);
+    expect(g.vcpu.interruptFlag).to.equal(true);
+    expect(g.vcpu.readyForInterruptInjection).to.equal(true);
+    g.vcpu.interrupt(0x20);
+    const e = g.vcpu.run({ timeoutMs: 2000 });
+    expect(e.kind === 'io' && [e.port, e.data[0]]).to.deep.equal([0x21, 0x42]);
+  });
+});
