@@ -74,7 +74,7 @@ export class Vcpu implements Disposable {
     this.#fd = fd;
     this.#onDispose = onDispose;
     this.#runView = new DataView(runBuffer);
-    this.sync = new SyncRegsView(this.#runView, vm.kvm.checkExtension(Cap.SYNC_REGS), `Vcpu ${id}`);
+    this.sync = new SyncRegsView(this.#runView, vm.kvm.checkExtension(Cap.SYNC_REGS), `Vcpu ${id}`, () => this.running);
     fdRegistry.register(this, fd, this);
   }
 
@@ -86,6 +86,19 @@ export class Vcpu implements Disposable {
 
   /** True once dispose() ran. */
   get disposed(): boolean { return this.#fd < 0; }
+
+  /**
+   * The fd for a state ioctl. Refused while a runAsync() is in flight: KVM holds
+   * the vCPU mutex during KVM_RUN, so the ioctl would block the JS thread until
+   * the guest exits (forever, for a guest spinning without a timeout).
+   */
+  #idleFd(): number {
+    const fd = this.fd;
+    if (this.#runner?.isRunning()) {
+      throw new Error(`Vcpu ${this.id} is running (runAsync in flight): its state belongs to KVM until the run ends; await it or kick() it first`);
+    }
+    return fd;
+  }
 
   /**
    * A DataView over this vCPU's kvm_run mapping (no copy). Valid until dispose(),
@@ -102,7 +115,7 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_REGS (or the pending KVM_CAP_SYNC_REGS copy if one is marked dirty). */
   getRegs(): Regs {
-    const fd = this.fd;
+    const fd = this.#idleFd();
     if (this.sync.dirty & SyncRegs.REGS) return decodeRegs(this.#runView, KvmRun.sync_regs);
     native.getRegs(fd, this.#struct(Sizeof.kvm_regs));
     return decodeRegs(this.#scratchView);
@@ -112,7 +125,7 @@ export class Vcpu implements Disposable {
   setRegs(regs: Regs): void {
     const b = this.#struct(Sizeof.kvm_regs);
     encodeRegs(this.#scratchView, regs);
-    native.setRegs(this.fd, b);
+    native.setRegs(this.#idleFd(), b);
     this.sync.writeThrough(SyncRegs.REGS, b);
   }
 
@@ -125,7 +138,7 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_SREGS (or the pending synced copy). */
   getSregs(): Sregs {
-    const fd = this.fd;
+    const fd = this.#idleFd();
     if (this.sync.dirty & SyncRegs.SREGS) return decodeSregs(this.#runView, KvmRun.sync_sregs);
     native.getSregs(fd, this.#struct(Sizeof.kvm_sregs));
     return decodeSregs(this.#scratchView);
@@ -135,25 +148,25 @@ export class Vcpu implements Disposable {
   setSregs(sregs: Sregs): void {
     const b = this.#struct(Sizeof.kvm_sregs);
     encodeSregs(this.#scratchView, sregs);
-    native.setSregs(this.fd, b);
+    native.setSregs(this.#idleFd(), b);
     this.sync.writeThrough(SyncRegs.SREGS, b);
   }
 
   /** KVM_GET_FPU. */
   getFpu(): Fpu {
-    native.getFpu(this.fd, this.#struct(Sizeof.kvm_fpu));
+    native.getFpu(this.#idleFd(), this.#struct(Sizeof.kvm_fpu));
     return decodeFpu(this.#scratchView);
   }
 
   /** KVM_SET_FPU. */
   setFpu(fpu: Fpu): void {
     encodeFpu(this.#scratchView, fpu);
-    native.setFpu(this.fd, this.#struct(Sizeof.kvm_fpu));
+    native.setFpu(this.#idleFd(), this.#struct(Sizeof.kvm_fpu));
   }
 
   /** KVM_GET_VCPU_EVENTS (or the pending synced copy). */
   getVcpuEvents(): VcpuEvents {
-    const fd = this.fd;
+    const fd = this.#idleFd();
     if (this.sync.dirty & SyncRegs.EVENTS) return decodeVcpuEvents(this.#runView, KvmRun.sync_events);
     native.getVcpuEvents(fd, this.#struct(Sizeof.kvm_vcpu_events));
     return decodeVcpuEvents(this.#scratchView);
@@ -163,32 +176,32 @@ export class Vcpu implements Disposable {
   setVcpuEvents(events: VcpuEvents): void {
     const b = this.#struct(Sizeof.kvm_vcpu_events);
     encodeVcpuEvents(this.#scratchView, events);
-    native.setVcpuEvents(this.fd, b);
+    native.setVcpuEvents(this.#idleFd(), b);
     this.sync.writeThrough(SyncRegs.EVENTS, b);
   }
 
   /** KVM_GET_MSRS; throws naming the first MSR KVM refuses. */
-  getMsrs(indices: readonly number[]): bigint[] { return readMsrs(this.fd, indices, `Vcpu ${this.id}`); }
+  getMsrs(indices: readonly number[]): bigint[] { return readMsrs(this.#idleFd(), indices, `Vcpu ${this.id}`); }
 
   /** KVM_SET_MSRS; throws naming the first MSR KVM refuses. */
   setMsrs(entries: readonly { index: number; value: bigint }[]): void {
     const idx = Uint32Array.from(entries, (e) => e.index);
     const values = BigUint64Array.from(entries, (e) => BigInt.asUintN(64, e.value));
-    const n = native.setMsrs(this.fd, idx, values);
+    const n = native.setMsrs(this.#idleFd(), idx, values);
     if (n < idx.length) {
       throw new Error(`KVM_SET_MSRS on Vcpu ${this.id}: MSR 0x${idx[n].toString(16)} = 0x${values[n].toString(16)} was refused (the kernel stopped after ${n} of ${idx.length})`);
     }
   }
 
   /** KVM_SET_CPUID2: the CPUID the guest sees (typically from Kvm.supportedCpuid()). */
-  setCpuid2(entries: readonly CpuidEntry[]): void { native.setCpuid2(this.fd, encodeCpuidEntries(entries)); }
+  setCpuid2(entries: readonly CpuidEntry[]): void { native.setCpuid2(this.#idleFd(), encodeCpuidEntries(entries)); }
 
   /** KVM_TRANSLATE: walks the guest's current page tables for a guest-virtual address. */
   translate(linearAddress: bigint | number): Translation {
     const b = this.#struct(Sizeof.kvm_translation);
     b.fill(0);
     this.#scratchView.setBigUint64(0, BigInt.asUintN(64, BigInt(linearAddress)), true);
-    native.translate(this.fd, b);
+    native.translate(this.#idleFd(), b);
     return decodeTranslation(this.#scratchView);
   }
 
@@ -203,17 +216,17 @@ export class Vcpu implements Disposable {
     b.fill(0);
     this.#scratchView.setUint32(0, control, true);
     regs.forEach((r, i) => this.#scratchView.setBigUint64(8 + 8 * i, BigInt.asUintN(64, r), true));
-    native.setGuestDebug(this.fd, b);
+    native.setGuestDebug(this.#idleFd(), b);
   }
 
   /** KVM_INTERRUPT: queue external interrupt `vector` (userspace irqchip only). */
   interrupt(vector: number): void {
     if (!Number.isInteger(vector) || vector < 0 || vector > 255) throw new RangeError(`interrupt vector must be 0..255, got ${vector}`);
-    native.interrupt(this.fd, vector);
+    native.interrupt(this.#idleFd(), vector);
   }
 
   /** KVM_NMI: queue a non-maskable interrupt. */
-  nmi(): void { native.nmi(this.fd); }
+  nmi(): void { native.nmi(this.#idleFd()); }
 
   /** KVM_ENABLE_CAP on the vCPU fd. */
   enableCap(cap: Cap, args: readonly (bigint | number)[] = [], flags = 0): void {
@@ -221,7 +234,7 @@ export class Vcpu implements Disposable {
     if (args.length > 4) throw new RangeError(`KVM_ENABLE_CAP takes at most 4 arguments, got ${args.length}`);
     const a = new BigUint64Array(4);
     args.forEach((x, i) => { a[i] = BigInt(x); });
-    native.enableCap(this.fd, cap, flags, a);
+    native.enableCap(this.#idleFd(), cap, flags, a);
   }
 
   // ---- execution --------------------------------------------------------------
