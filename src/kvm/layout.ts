@@ -38,4 +38,7 @@ export const Sizeof = {
   kvm_translation: 24,
   kvm_guest_debug: 72,
   kvm_cpuid_entry2: 40,
+  kvm_xsave: 4096,
+  kvm_xcrs: 392,
+  kvm_debugregs: 128,
 } as const;

@@ -63,6 +63,13 @@ export interface NativeAddon {
   setCpuid2(fd: number, entries: Uint8Array): void;
   interrupt(fd: number, irq: number): void;
   nmi(fd: number): number;
+  getXsave(fd: number, buf: Uint8Array): void;
+  setXsave(fd: number, buf: Uint8Array): void;
+  getXcrs(fd: number, buf: Uint8Array): void;
+  setXcrs(fd: number, buf: Uint8Array): void;
+  getDebugRegs(fd: number, buf: Uint8Array): void;
+  setDebugRegs(fd: number, buf: Uint8Array): void;
+  copyExtendedState(srcFd: number, dstFd: number): void;
   // memory
   pageSize(): number;
   memfdCreate(name: string, hugetlb: boolean): number;

@@ -19,9 +19,9 @@ import { decodeExit, type Exit } from './exit';
 import { KvmRun, Sizeof } from './layout';
 import { native, type NativeVcpuRunner } from './native';
 import {
-  decodeFpu, decodeRegs, decodeSregs, decodeTranslation, decodeVcpuEvents, encodeCpuidEntries, encodeFpu,
-  encodeRegs, encodeSregs, encodeVcpuEvents, type CpuidEntry, type Fpu, type Regs, type Sregs, type Translation,
-  type VcpuEvents,
+  decodeDebugRegs, decodeFpu, decodeRegs, decodeSregs, decodeTranslation, decodeVcpuEvents, decodeXcrs,
+  encodeCpuidEntries, encodeDebugRegs, encodeFpu, encodeRegs, encodeSregs, encodeVcpuEvents, encodeXcrs,
+  type CpuidEntry, type DebugRegs, type Fpu, type Regs, type Sregs, type Translation, type VcpuEvents, type Xcr,
 } from './structs';
 import { SyncRegsView } from './sync-regs';
 import { readMsrs } from './msrs';
@@ -57,7 +57,7 @@ export class Vcpu implements Disposable {
   #runner: NativeVcpuRunner | undefined;
   readonly #onDispose: () => void;
   readonly #runView: DataView;
-  readonly #scratch = new Uint8Array(Sizeof.kvm_fpu);  // big enough for every fixed struct
+  readonly #scratch = new Uint8Array(Sizeof.kvm_xsave);  // big enough for every fixed struct
   readonly #scratchView = new DataView(this.#scratch.buffer);
   /** The KVM_CAP_SYNC_REGS areas of this vCPU's kvm_run. */
   readonly sync: SyncRegsView;
@@ -178,6 +178,55 @@ export class Vcpu implements Disposable {
     encodeVcpuEvents(this.#scratchView, events);
     native.setVcpuEvents(this.#idleFd(), b);
     this.sync.writeThrough(SyncRegs.EVENTS, b);
+  }
+
+  /**
+   * KVM_GET_XSAVE: the 4 KiB XSAVE area (legacy FXSAVE region, XSAVE header,
+   * extended components at their CPUID-enumerated offsets), as a copy.
+   */
+  getXsave(): Uint8Array {
+    native.getXsave(this.#idleFd(), this.#struct(Sizeof.kvm_xsave));
+    return this.#scratch.slice(0, Sizeof.kvm_xsave);
+  }
+
+  /** KVM_SET_XSAVE from a 4096-byte XSAVE area (e.g. one returned by getXsave). */
+  setXsave(area: Uint8Array): void {
+    if (area.length !== Sizeof.kvm_xsave) throw new RangeError(`XSAVE area must be ${Sizeof.kvm_xsave} bytes, got ${area.length}`);
+    native.setXsave(this.#idleFd(), area);
+  }
+
+  /** KVM_GET_XCRS: the extended control registers (XCR0). */
+  getXcrs(): Xcr[] {
+    native.getXcrs(this.#idleFd(), this.#struct(Sizeof.kvm_xcrs));
+    return decodeXcrs(this.#scratchView);
+  }
+
+  /** KVM_SET_XCRS. */
+  setXcrs(xcrs: readonly Xcr[]): void {
+    encodeXcrs(this.#scratchView, xcrs);
+    native.setXcrs(this.#idleFd(), this.#struct(Sizeof.kvm_xcrs));
+  }
+
+  /** KVM_GET_DEBUGREGS: DR0-DR3, DR6, DR7. */
+  getDebugRegs(): DebugRegs {
+    native.getDebugRegs(this.#idleFd(), this.#struct(Sizeof.kvm_debugregs));
+    return decodeDebugRegs(this.#scratchView);
+  }
+
+  /** KVM_SET_DEBUGREGS. */
+  setDebugRegs(regs: DebugRegs): void {
+    encodeDebugRegs(this.#scratchView, regs);
+    native.setDebugRegs(this.#idleFd(), this.#struct(Sizeof.kvm_debugregs));
+  }
+
+  /**
+   * Copies what KVM_CAP_SYNC_REGS does not carry — XCRs, the XSAVE area
+   * (x87/SSE/AVX) and the debug registers — to `target`, in one native call
+   * (six ioctls). Together with copySyncedStateTo this moves a vCPU's
+   * architectural state except MSRs outside sregs, which getMsrs/setMsrs move.
+   */
+  copyExtendedStateTo(target: Vcpu): void {
+    native.copyExtendedState(this.#idleFd(), target.#idleFd());
   }
 
   /** KVM_GET_MSRS; throws naming the first MSR KVM refuses. */
