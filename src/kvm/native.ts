@@ -24,6 +24,7 @@ export interface NativeVcpuRunner {
   close(): void;
 }
 
+/** The addon's exports (native/addon/*.cc). */
 export interface NativeAddon {
   setErrorClasses(kvmError: typeof KvmError, hostError: typeof HostError): void;
   layout(): Record<string, number>;

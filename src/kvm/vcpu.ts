@@ -350,6 +350,7 @@ export class Vcpu implements Disposable {
 
   /** kvm_run.request_interrupt_window: ask for an IRQ_WINDOW_OPEN exit when the guest can take an interrupt. */
   set requestInterruptWindow(on: boolean) { this.runView.setUint8(KvmRun.request_interrupt_window, on ? 1 : 0); }
+  /** Whether an interrupt-window exit is requested. */
   get requestInterruptWindow(): boolean { return this.runView.getUint8(KvmRun.request_interrupt_window) !== 0; }
 
   /** kvm_run.ready_for_interrupt_injection after the last exit. */
@@ -391,5 +392,6 @@ export class Vcpu implements Disposable {
     this.#onDispose();
   }
 
+  /** Same as dispose(), for `using`. */
   [Symbol.dispose](): void { this.dispose(); }
 }
