@@ -138,6 +138,8 @@ Napi::Value Msrs(const Napi::CallbackInfo& info, bool set) {
   if (val.ElementLength() != n) ThrowRange(info.Env(), std::string(name) + ": indices and values differ in length");
   std::vector<uint8_t> mem(sizeof(CMsrs) + n * sizeof(kvm_msr_entry));
   auto* m = reinterpret_cast<CMsrs*>(mem.data());
+  // Safe: mem holds the C-layout header and n entries; idx/val have n elements
+  // (checked above) and the kernel returns at most n processed entries.
   auto* entries = reinterpret_cast<kvm_msr_entry*>(mem.data() + sizeof(CMsrs));
   m->nmsrs = static_cast<uint32_t>(n);
   for (size_t i = 0; i < n; i++) {
@@ -159,6 +161,7 @@ Napi::Value SetCpuid2(const Napi::CallbackInfo& info) {
   std::vector<uint8_t> mem(sizeof(CCpuid2) + b.length);
   auto* c = reinterpret_cast<CCpuid2*>(mem.data());
   c->nent = static_cast<uint32_t>(n);
+  // Safe: mem was sized for the header plus exactly b.length bytes of entries.
   memcpy(mem.data() + sizeof(CCpuid2), b.data, b.length);
   if (Ioctl(ArgFd(info, 0), kSetCpuid2, c) < 0) ThrowIoctlError(info.Env(), "KVM_SET_CPUID2", errno);
   return info.Env().Undefined();
