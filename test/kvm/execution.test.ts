@@ -87,7 +87,7 @@ describe('execution', function () {
       clearInterval(timer);
       expect(ms(t0)).to.be.within(190, 3000);
       expect(e.kind === 'intr' && e.timedOut).to.equal(true);
-      expect(ticks).to.be.greaterThan(5);
+      expect(ticks, "event-loop ticks during the run (a blocked loop gives at most 1)").to.be.greaterThan(2);
       expectUsable(g.vcpu);
     });
 
