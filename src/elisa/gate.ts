@@ -31,7 +31,9 @@
  *   (interrupts enabled, or slot 1 did not hold the sub EPTP after writing it).
  * - Preserved: RBX, RBP, R12 (saved on the guest stack: 32 bytes with the return
  *   address), RSP, and R13–R15 as long as the entry function follows System V.
- *   Clobbered: RAX, RCX, RDX, RSI, RDI, R8–R11, RFLAGS arithmetic flags.
+ *   Clobbered: RAX and RFLAGS; RCX, RDX, RSI, RDI, R8–R11 come back as 0 after a
+ *   completed trip (scrubbed so no sub-context data leaks to the guest; vector registers
+ *   are NOT scrubbed — an entry function handling secrets in them must clear them).
  * - Interrupts MUST be off (RFLAGS.IF = 0) for the whole trip: an interrupt in the gate
  *   or sub context would run the guest kernel's handler under a foreign EPT. The gate
  *   checks IF and refuses. NMIs and exceptions during the trip are fatal to the guest
@@ -51,7 +53,7 @@
  */
 import {
   Assembler, AsmError, Cond, qword, rip,
-  rax, rbx, rcx, rbp, rsp, r11, r12, eax, ecx,
+  rax, rbx, rcx, rbp, rsp, r11, r12, eax, ecx, edx, esi, edi, r8d, r9d, r10d, r11d,
   type Assembled,
 } from '../x86/asm';
 
@@ -479,7 +481,8 @@ function checkGatePage(page: GeneratedPage, list: bigint): void {
  * Builds the sub code page (sub context, mapped at middleGva). Its code starts at
  * {@link SUB_ENTRY_OFFSET}, right where the gate's VMFUNC(0,1) leaves RIP: clear slot 1,
  * switch to the sub stack, call the entry function with the caller's six argument
- * registers, keep the result in RBX, restore RSP, and end the page with VMFUNC(0,0) so
+ * registers, keep the result in RBX, zero the other caller-saved registers, restore RSP,
+ * and end the page with VMFUNC(0,0) so
  * execution continues at the bottom page's return path.
  */
 export function buildSubCodePage(params: SubPageParams): GeneratedPage {
@@ -508,6 +511,9 @@ export function buildSubCodePage(params: SubPageParams): GeneratedPage {
   a.mov(eax, 0); // AL = 0 vector registers, in case the entry function is variadic
   a.call(r11);
   a.mov(rbx, rax); // RBX survives VMFUNC and the bottom page moves it to RAX
+  // The entry function may leave sub-context data (pointers, secrets) in the caller-saved
+  // registers, which the guest sees after the return: zero them (libelisa does not).
+  for (const r of [ecx, edx, esi, edi, r8d, r9d, r10d, r11d]) a.xor(r, r);
   a.leave();
   a.pop(rsp);
   a.jmp(exit);

@@ -199,6 +199,16 @@ class Machine {
         this.rip = pc;
         return;
       }
+      case 0x31: { // xor r/m32, r32 (register form only): zero-extends, sets ZF
+        if (w) throw new Undecoded();
+        const o = modrm();
+        if (o.isMem) throw new Undecoded();
+        const v = (o.get() ^ this.regs[o.reg]!) & 0xffffffffn;
+        o.set(v);
+        setZF(v);
+        this.rip = pc;
+        return;
+      }
       case 0x39: { // cmp r/m64, r64
         if (!w) throw new Undecoded();
         const o = modrm();
@@ -351,6 +361,8 @@ describe('ELISA gate pages in a machine model (round trip, refusal, hostile entr
         expect(m.regs[RAX]).to.equal(result);
         for (const r of [RBX, RBP, R12, 13, 14, 15]) expect(m.regs[r], `register ${r} preserved`).to.equal(regs[r]);
         expect(m.regs[RSP], 'rsp back after the return').to.equal(GUEST_STACK);
+        // what the entry function left in caller-saved registers does not reach the guest
+        for (const r of [RCX, RDX, RSI, RDI, R8, R9, 10, R11]) expect(m.regs[r], `register ${r} scrubbed`).to.equal(0n);
         // the entry function ran once, in the sub context, with the caller's arguments
         expect(calls.length).to.equal(1);
         const c = calls[0]!;

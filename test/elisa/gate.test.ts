@@ -10,7 +10,7 @@ import {
   EPTP_SLOT_DEFAULT, EPTP_SLOT_SUB, EPTP_SLOT_GATE, GateError,
   type GatePages, type GatePagesParams, type GeneratedPage,
 } from '../../src/elisa/gate';
-import { disassembleMany, type DisasmLine } from '../support/objdump';
+import { disassembleMany, gnuAssemble, hexBytes, type DisasmLine } from '../support/objdump';
 
 const h = (v: bigint | number): string => `0x${BigInt(v).toString(16)}`;
 
@@ -129,6 +129,14 @@ function checkPages(p: GatePagesParams, pages: GatePages, dis: Record<'top' | 'b
     'mov eax,0x0',
     'call r11',
     'mov rbx,rax',
+    'xor ecx,ecx',
+    'xor edx,edx',
+    'xor esi,esi',
+    'xor edi,edi',
+    'xor r8d,r8d',
+    'xor r9d,r9d',
+    'xor r10d,r10d',
+    'xor r11d,r11d',
     'leave',
     'pop rsp',
     `jmp ${h(mid + BigInt(exit.start))}`,
@@ -266,6 +274,81 @@ describe('ELISA gate pages', function () {
       const code = runs(lines).reduce((n, r) => n + r.end - r.start, 0);
       expect(int3 + code, k).to.equal(PAGE_SIZE);
       expect(int3, `${k}: mostly filler`).to.be.greaterThan(3900);
+    });
+  });
+});
+
+/**
+ * The four pages as GNU as source, written here independently of the generator: page
+ * positions come from `.space` arithmetic over labels (the way libelisa lays them out),
+ * RIP-relative operands name their target as page label + offset (as resolves the
+ * displacement itself), jump sizes come from as's relaxation.
+ * The sub code's start is as's own `gate_landing - gate`.
+ */
+function gasPages(p: GatePagesParams, i: number): string[] {
+  const d = (v: bigint): string => v.toString();
+  const kg = p.gateEptpListGva + 8n - p.middleGva; // slot 1 relative to the middle page, gate context
+  const ks = p.subEptpListGva + 8n - p.middleGva;
+  const L = (n: string): string => `p${i}_${n}`;
+  return [
+    // top
+    `${L('top')}:`, `.space 4096 - (${L('top_end')} - ${L('entry')}), 0xcc`, `${L('entry')}:`,
+    'endbr64', 'push rbp', 'mov rbp, rsp', 'push rbx', 'push r12', 'mov r12, rcx', 'mov eax, 0', 'mov ecx, 511', 'vmfunc',
+    `${L('top_end')}:`,
+    // bottom
+    `${L('bottom')}:`, 'mov rax, rbx', 'pop r12', 'pop rbx', 'leave', 'ret', `.space 4096 - (. - ${L('bottom')}), 0xcc`,
+    // gate
+    `${L('gate')}:`,
+    `movabs rax, ${d(p.subEptp)}`,
+    `mov QWORD PTR [rip + ${L('gate')} + ${d(kg)}], rax`,
+    `movabs rax, ${d(p.subEptp)}`,
+    `cmp QWORD PTR [rip + ${L('gate')} + ${d(kg)}], rax`,
+    `jne ${L('invalid')}`,
+    'mov rcx, rsp', `movabs rsp, ${d(p.gateStackTop)}`, 'pushfq', 'pop rax', 'mov rsp, rcx', 'test rax, 0x200',
+    `jne ${L('invalid')}`,
+    'mov eax, 0', 'mov ecx, 1', 'vmfunc', `${L('landing')}:`,
+    `.space 4096 - (${L('landing')} - ${L('gate')}) - (${L('gate_end')} - ${L('invalid')}), 0xcc`,
+    `${L('invalid')}:`,
+    `mov QWORD PTR [rip + ${L('gate')} + ${d(kg)}], 0`,
+    `cmp QWORD PTR [rip + ${L('gate')} + ${d(kg)}], 0`,
+    `je ${L('cleared')}`, 'ud2', `${L('cleared')}:`,
+    'mov rbx, -1', 'mov eax, 0', 'mov ecx, 0', 'vmfunc', `${L('gate_end')}:`,
+    // sub
+    `${L('sub')}:`, `.space ${L('landing')} - ${L('gate')}, 0xcc`,
+    `mov QWORD PTR [rip + ${L('sub')} + ${d(ks)}], 0`,
+    'mov rax, rsp', `movabs rsp, ${d(p.subStackTop)}`, 'push rax', 'push rbp', 'mov rbp, rsp', 'mov rcx, r12',
+    `movabs r11, ${d(p.entry)}`, 'mov eax, 0', 'call r11', 'mov rbx, rax',
+    'xor ecx, ecx', 'xor edx, edx', 'xor esi, esi', 'xor edi, edi', 'xor r8d, r8d', 'xor r9d, r9d', 'xor r10d, r10d', 'xor r11d, r11d',
+    'leave', 'pop rsp', `jmp ${L('exit')}`, `${L('done')}:`,
+    `.space 4096 - (${L('done')} - ${L('sub')}) - (${L('sub_end')} - ${L('exit')}), 0xcc`,
+    `${L('exit')}:`, 'mov eax, 0', 'mov ecx, 0', 'vmfunc', `${L('sub_end')}:`,
+  ];
+}
+
+describe('ELISA gate pages: GNU as, given the same program text, produces the same four pages', function () {
+  this.timeout(60_000);
+  it('libelisa layout and 6 random layouts (both halves, 4/5-level), one as run', function () {
+    const sets: GatePagesParams[] = [{ ...libelisaLayout(0x7f12_3456_7000n), subEptp: WB4(0x1_2345_6000n), entry: 0x40_1130n }];
+    const rnd = fc.sample(
+      fc.record({ vaBits: fc.constantFrom<48 | 57>(48, 57), upper: fc.boolean(), frac: fc.bigInt(1n, (1n << 30n) - 1n), root: fc.bigInt(0n, (1n << 40n) - 1n), e: fc.bigInt(0n, (1n << 47n) - 1n) }),
+      { numRuns: 6, seed: 11 },
+    );
+    for (const r of rnd) {
+      const half = 1n << BigInt(r.vaBits - 1);
+      const mid = (r.upper ? (1n << 64n) - half : 0n) + ((r.frac * (half >> 30n)) & ~0xfffn) + 0x1000n;
+      sets.push({ ...libelisaLayout(mid, 0x10_0000n, r.vaBits), subEptp: (r.root << 12n) | 0x5en, entry: r.upper ? (1n << 64n) - r.e : r.e });
+    }
+    const gas = gnuAssemble(sets.flatMap(gasPages));
+    expect(gas.length).to.equal(sets.length * 4 * PAGE_SIZE);
+    sets.forEach((p, i) => {
+      const pages = buildGatePages(p);
+      (['top', 'bottom', 'gate', 'sub'] as const).forEach((k, j) => {
+        const theirs = gas.subarray((4 * i + j) * PAGE_SIZE, (4 * i + j + 1) * PAGE_SIZE);
+        if (!Buffer.from(theirs).equals(pages[k].bytes)) {
+          const at = theirs.findIndex((b, x) => b !== pages[k].bytes[x]);
+          expect(hexBytes(pages[k].bytes.subarray(at, at + 16)), `set ${i} ${k} differs from as at offset ${at}`).to.equal(hexBytes(theirs.subarray(at, at + 16)));
+        }
+      });
     });
   });
 });

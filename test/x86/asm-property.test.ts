@@ -236,10 +236,15 @@ describe('x86 encoder: random instructions vs GNU objdump and as (property)', fu
   it('random jump graphs relax exactly like GNU as', function () {
     // A program is a sequence of NOP blocks, label bindings and jumps (jmp or jcc,
     // auto-sized) to random labels, forward or backward, near the 8-bit boundary.
-    type Step = { kind: 'pad'; n: number } | { kind: 'jump'; cond: number | null; to: number };
+    type Step = { kind: 'pad'; n: number } | { kind: 'jump'; cond: number | null; to: number; near: boolean };
     const step: fc.Arbitrary<Step> = fc.oneof(
       fc.record({ kind: fc.constant('pad' as const), n: fc.oneof(fc.integer({ min: 0, max: 8 }), fc.integer({ min: 100, max: 140 })) }),
-      fc.record({ kind: fc.constant('jump' as const), cond: fc.option(fc.integer({ min: 0, max: 15 }), { nil: null }), to: fc.nat() }),
+      fc.record({
+        kind: fc.constant('jump' as const),
+        cond: fc.option(fc.integer({ min: 0, max: 15 }), { nil: null }),
+        to: fc.nat(),
+        near: fc.integer({ min: 0, max: 4 }).map((n) => n === 0), // 1 in 5 forced near = as {disp32}
+      }),
     );
     const CC = ['jo', 'jno', 'jb', 'jae', 'je', 'jne', 'jbe', 'ja', 'js', 'jns', 'jp', 'jnp', 'jl', 'jge', 'jle', 'jg'];
     fc.assert(
@@ -261,14 +266,88 @@ describe('x86 encoder: random instructions vs GNU objdump and as (property)', fu
             if (st.n) text.push(`.fill ${st.n},1,0x90`);
           } else {
             const li = st.to % nLabels;
-            if (st.cond === null) a.jmp(labels[li]!);
-            else a.jcc(st.cond as Cond, labels[li]!);
-            text.push(`${st.cond === null ? 'jmp' : CC[st.cond]} L${li}`);
+            const size = st.near ? 'near' : 'auto';
+            if (st.cond === null) a.jmp(labels[li]!, size);
+            else a.jcc(st.cond as Cond, labels[li]!, size);
+            text.push(`${st.near ? '{disp32} ' : ''}${st.cond === null ? 'jmp' : CC[st.cond]} L${li}`);
           }
         });
         const ours = a.assemble().bytes;
         const gas = gnuAssemble(text);
         expect(hexBytes(ours), text.join('; ')).to.equal(hexBytes(gas));
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('alignment and placement directives mixed with relaxing jumps lay out exactly like GNU as', function () {
+    // .balign N,0xcc = align(N); .org X,0xcc = placeAt(X); placeEnding(E, body of L
+    // bytes) = .org E-L,0xcc then the body. Jumps in between relax across the padding.
+    type Step =
+      | { kind: 'pad'; n: number }
+      | { kind: 'align'; log2: number }
+      | { kind: 'at'; ahead: number }
+      | { kind: 'ending'; ahead: number; body: number }
+      | { kind: 'jump'; to: number };
+    const step: fc.Arbitrary<Step> = fc.oneof(
+      fc.record({ kind: fc.constant('pad' as const), n: fc.integer({ min: 1, max: 90 }) }),
+      fc.record({ kind: fc.constant('align' as const), log2: fc.integer({ min: 0, max: 6 }) }),
+      fc.record({ kind: fc.constant('at' as const), ahead: fc.integer({ min: 0, max: 40 }) }),
+      fc.record({ kind: fc.constant('ending' as const), ahead: fc.integer({ min: 0, max: 40 }), body: fc.integer({ min: 1, max: 12 }) }),
+      fc.record({ kind: fc.constant('jump' as const), to: fc.nat() }),
+    );
+    fc.assert(
+      fc.property(fc.array(step, { minLength: 3, maxLength: 30 }), (steps) => {
+        const a = new Assembler({ fill: 0xcc });
+        const nLabels = 3;
+        const labels = Array.from({ length: nLabels }, (_, i) => a.label(`M${i}`));
+        const bindAt = labels.map((_, i) => Math.floor((i * steps.length) / nLabels));
+        const text: string[] = [];
+        // placement targets must not be behind the code: assume every jump is near (as
+        // as may choose near for all), so targets are computed from a pessimistic offset
+        let pessimistic = 0;
+        steps.forEach((st, i) => {
+          bindAt.forEach((at, li) => {
+            if (at === i) {
+              a.bind(labels[li]!);
+              text.push(`M${li}:`);
+            }
+          });
+          switch (st.kind) {
+            case 'pad':
+              a.bytes(new Array(st.n).fill(0x90));
+              text.push(`.fill ${st.n},1,0x90`);
+              pessimistic += st.n;
+              break;
+            case 'align':
+              a.align(1 << st.log2);
+              text.push(`.balign ${1 << st.log2},0xcc`);
+              pessimistic += (1 << st.log2) - 1;
+              break;
+            case 'at': {
+              const target = pessimistic + st.ahead;
+              a.placeAt(target);
+              text.push(`.org ${target},0xcc`);
+              pessimistic = target;
+              break;
+            }
+            case 'ending': {
+              const end = pessimistic + st.ahead + st.body;
+              a.placeEnding(end, () => a.bytes(new Array(st.body).fill(0x90)));
+              text.push(`.org ${end - st.body},0xcc`, `.fill ${st.body},1,0x90`);
+              pessimistic = end;
+              break;
+            }
+            case 'jump':
+              a.jmp(labels[st.to % nLabels]!);
+              text.push(`jmp M${st.to % nLabels}`);
+              pessimistic += 5;
+              break;
+          }
+        });
+        const ours = a.assemble();
+        const gas = gnuAssemble(text);
+        expect(hexBytes(ours.bytes), text.join('; ')).to.equal(hexBytes(gas));
       }),
       { numRuns: 40 },
     );

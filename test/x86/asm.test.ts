@@ -307,6 +307,26 @@ describe('x86 encoder: labels, jumps and relaxation vs GNU as', function () {
     expect(hexBytes(out.bytes.subarray(0xf8))).to.equal('b8 00 00 00 00 0f 01 d4');
   });
 
+  it('does not grow a jump because of padding that a previous layout pass overestimated', function () {
+    // Found by the directive property test: two placeAt pads and a backward jump that
+    // fits in rel8 (-117) once both pads have their final sizes.
+    const a = new Assembler({ fill: 0xcc });
+    const m0 = a.here('m0');
+    a.placeAt(12);
+    a.bytes(new Array(5).fill(0x90));
+    a.jmp(m0);
+    a.bytes(new Array(52).fill(0x90));
+    a.jmp(m0);
+    a.placeAt(101);
+    a.bytes(new Array(12).fill(0x90));
+    a.jmp(m0);
+    a.jmp(m0);
+    const ours = a.assemble().bytes;
+    const gas = gnuAssemble(['m0:', '.org 12,0xcc', '.fill 5,1,0x90', 'jmp m0', '.fill 52,1,0x90', 'jmp m0', '.org 101,0xcc', '.fill 12,1,0x90', 'jmp m0', 'jmp m0']);
+    expect(hexBytes(ours)).to.equal(hexBytes(gas));
+    expect(hexBytes(ours.subarray(113))).to.equal('eb 8d eb 8b');
+  });
+
   it('grows a jump whose target moves out of short range because of an earlier growth', function () {
     // j1 -> l1 is 126 bytes while j2 is short; j2 -> l2 (134) must grow to near, which
     // pushes l1 to 129 bytes from j1's end: j1 grows too. as relaxes the same way.

@@ -63,7 +63,7 @@ type Item =
   | { kind: 'bind'; label: Label }
   | { kind: 'pad'; rule: PadRule; fill: Fill };
 
-type PadRule = { align: number } | { at: number } | { endAt: number; end: Label };
+type PadRule = { readonly align: number } | { readonly at: number } | { readonly endAt: number; readonly end: Label };
 
 const ALU = { add: 0, or: 1, and: 4, sub: 5, xor: 6, cmp: 7 } as const;
 type AluOp = keyof typeof ALU;
@@ -664,54 +664,66 @@ export class Assembler {
       if (o === undefined) throw new AsmError(`label ${l.name} is used but never bound`);
       return o;
     };
-    // Jumps only ever grow (short -> near), and padding is a function of the offsets,
-    // so this reaches a fixed point; the bound guards against pathological programs.
+    // Placement targets wanted by each pad in the last pass (may be negative = impossible).
+    const want: number[] = new Array<number>(items.length).fill(0);
+    // Length of each placeEnding body as measured in the previous pass, by pad index.
+    const bodyLen = new Map<number, number>();
+    // Each pass lays everything out front to back, so offsets and align/placeAt padding
+    // are exact for the current jump sizes; a placeEnding pad uses its body's length from
+    // the previous pass, and jumps are judged only once those lengths are settled (a stale
+    // body length would inflate distances and grow jumps that need not grow). Jumps only
+    // ever grow, so this terminates; the bound guards against oscillating directives.
     for (let round = 0; round < 64; round++) {
       let off = 0;
       for (let i = 0; i < items.length; i++) {
         offsets[i] = off;
         const it = items[i]!;
         if (it.kind === 'bind') labelOffsets.set(it.label, off);
+        if (it.kind === 'pad') {
+          const r = it.rule;
+          want[i] = 'align' in r ? (r.align - (off % r.align)) % r.align : 'at' in r ? r.at - off : r.endAt - off - (bodyLen.get(i) ?? 0);
+          sizes[i] = Math.max(0, want[i]!);
+        }
         off += sizes[i]!;
       }
-      let changed = false;
+      let settled = true;
       for (let i = 0; i < items.length; i++) {
         const it = items[i]!;
-        let size = sizes[i]!;
-        if (it.kind === 'jump' && it.size === 'auto' && !it.near) {
-          const rel = labelAt(it.target) - (offsets[i]! + 2);
-          if (rel < -128 || rel > 127) {
-            it.near = true;
-            size = jumpLength(it);
-          }
-        } else if (it.kind === 'pad') {
-          size = Math.max(0, padSize(it.rule, offsets[i]!, sizes[i]!, labelAt));
-        }
-        if (size !== sizes[i]) {
-          sizes[i] = size;
-          changed = true;
+        if (it.kind !== 'pad' || !('endAt' in it.rule)) continue;
+        const len = labelAt(it.rule.end) - offsets[i]! - sizes[i]!;
+        if (bodyLen.get(i) !== len) {
+          bodyLen.set(i, len);
+          settled = false;
         }
       }
-      if (!changed) {
-        for (let i = 0; i < items.length; i++) {
-          const it = items[i]!;
-          if (it.kind !== 'pad') continue;
-          const want = padSize(it.rule, offsets[i]!, sizes[i]!, labelAt);
-          if (want !== sizes[i]) {
-            if ('at' in it.rule) {
-              throw new AsmError(`placeAt(${hex(it.rule.at)}): code already reaches offset ${hex(offsets[i]!)}`);
-            }
-            if ('endAt' in it.rule) {
-              const bodyLen = labelAt(it.rule.end) - offsets[i]! - sizes[i]!;
-              throw new AsmError(
-                `placeEnding(${hex(it.rule.endAt)}): code before it ends at ${hex(offsets[i]!)} and the block is ${bodyLen} bytes long, ` +
-                  `${offsets[i]! + bodyLen - it.rule.endAt} bytes too many`,
-              );
-            }
-          }
+      if (!settled) continue;
+      let grew = false;
+      for (let i = 0; i < items.length; i++) {
+        const it = items[i]!;
+        if (it.kind !== 'jump' || it.size !== 'auto' || it.near) continue;
+        const rel = labelAt(it.target) - (offsets[i]! + 2);
+        if (rel < -128 || rel > 127) {
+          it.near = true;
+          sizes[i] = jumpLength(it);
+          grew = true;
         }
-        return { offsets, sizes, labelAt };
       }
+      if (grew) continue;
+      for (let i = 0; i < items.length; i++) {
+        const it = items[i]!;
+        if (it.kind !== 'pad' || want[i]! >= 0) continue;
+        if ('at' in it.rule) {
+          throw new AsmError(`placeAt(${hex(it.rule.at)}): code already reaches offset ${hex(offsets[i]!)}`);
+        }
+        if ('endAt' in it.rule) {
+          const len = bodyLen.get(i)!;
+          throw new AsmError(
+            `placeEnding(${hex(it.rule.endAt)}): code before it ends at ${hex(offsets[i]!)} and the block is ${len} bytes long, ` +
+              `${offsets[i]! + len - it.rule.endAt} bytes too many`,
+          );
+        }
+      }
+      return { offsets, sizes, labelAt };
     }
     throw new AsmError('layout did not converge (conflicting alignment and placement directives)');
   }
@@ -720,12 +732,6 @@ export class Assembler {
 function jumpLength(it: { cond: Cond | null; near: boolean }): number {
   if (!it.near) return 2;
   return it.cond === null ? 5 : 6;
-}
-
-function padSize(rule: PadRule, off: number, cur: number, labelAt: (l: Label) => number): number {
-  if ('align' in rule) return (rule.align - (off % rule.align)) % rule.align;
-  if ('at' in rule) return rule.at - off;
-  return rule.endAt - labelAt(rule.end) + cur;
 }
 
 function fillBytes(fill: Fill, n: number): number[] {
