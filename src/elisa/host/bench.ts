@@ -12,6 +12,16 @@ import { ElisaGuest } from './machine';
 
 /** Ports of the bench guest (apps/bench/main.c). */
 export const BENCH_PORTS = { pio: 0x5f0, calibrate: 0x5f1, progress: 0x5f2 } as const;
+/**
+ * Instructions inside each rdtsc bracket of apps/bench (counted with objdump on the gcc
+ * build and the generated gate pages): the block bracket holds 56 register-only
+ * instructions; the round-trip bracket 67 besides its 3 VMFUNC traps (12 of the caller,
+ * 52 of the top/gate/sub/bottom pages and the entry function, 3 after the call); the PIO
+ * bracket 12 besides its OUT. Used to separate instruction cost from exit cost on hosts
+ * that emulate guest instructions.
+ */
+export const BRACKET_INSNS = { block: 56, roundTrip: 67, pio: 12 } as const;
+
 /** Most iterations the bench guest has room for. */
 export const BENCH_MAX_ITERATIONS = 16384;
 
@@ -49,6 +59,12 @@ export interface BenchResult {
   ratioMin: number;
   /** Median round trip / 3: an upper bound of one switch (includes the gate and sub code's own instructions). */
   perSwitchUs: number;
+  /** Median cost of one register-only guest instruction (a 56-instruction block / 56): ~0 where guests run natively. */
+  insnUs: number;
+  /** Estimated cost of one switch alone: (median round trip − 67 instructions) / 3. */
+  switchOnlyUs: number;
+  /** Estimated cost of the PIO exit alone: median PIO bracket − 12 instructions. */
+  pioOnlyUs: number;
   /** Median time the backend's JavaScript took per switch, between the trap exit and the next KVM_RUN (hostTiming only). */
   backendHandlingUs: number | undefined;
   /** Raw samples in microseconds (for histograms). */
@@ -104,6 +120,7 @@ export function measureRoundTrips(options: BenchOptions = {}): BenchResult {
   const tscPerUs = Number(tscEnd - tscStart) / ((marks[1]! - marks[0]!) * 1000);
   const toUs = (cycles: bigint[]): number[] => cycles.map((c) => Number(c) / tscPerUs);
   const trips = toUs(readGuestU64s(guest, 'bench_trip_cycles', k));
+  const blocks = toUs(readGuestU64s(guest, 'bench_insn_cycles', k));
   const pios = toUs(readGuestU64s(guest, 'bench_pio_cycles', k));
   const roundTrip = distribution(trips);
   const pioExit = distribution(pios);
@@ -117,6 +134,9 @@ export function measureRoundTrips(options: BenchOptions = {}): BenchResult {
     ratio: roundTrip.medianUs / pioExit.medianUs,
     ratioMin: roundTrip.minUs / pioExit.minUs,
     perSwitchUs: roundTrip.medianUs / 3,
+    insnUs: distribution(blocks).medianUs / BRACKET_INSNS.block,
+    switchOnlyUs: (roundTrip.medianUs - (BRACKET_INSNS.roundTrip * distribution(blocks).medianUs) / BRACKET_INSNS.block) / 3,
+    pioOnlyUs: pioExit.medianUs - (BRACKET_INSNS.pio * distribution(blocks).medianUs) / BRACKET_INSNS.block,
     backendHandlingUs: hostTiming ? distribution(timing.handling.map((ms) => ms * 1000)).medianUs : undefined,
     samples: { roundTrip: trips, pioExit: pios },
   };
@@ -134,7 +154,9 @@ export function formatBench(r: BenchResult): string[] {
     row('PIO exit round trip (baseline)', r.pioExit),
     ...(r.roundTripHost ? [row('ELISA round trip (host-timed)', r.roundTripHost)] : []),
     `ratio round trip / PIO exit: ${r.ratio.toFixed(2)}x of the medians, ${r.ratioMin.toFixed(2)}x of the minimums  (target <= 4x; a trip is 3 switches)`,
-    `per switch: <= ${r.perSwitchUs.toFixed(1)} µs (median trip / 3, includes the gate and sub code's own emulated instructions)` +
+    `guest instruction: ${r.insnUs.toFixed(2)} µs each (median of a 56-instruction block; ~0 where guests run natively)`,
+    `per switch: <= ${r.perSwitchUs.toFixed(1)} µs (median trip / 3); ≈ ${r.switchOnlyUs.toFixed(1)} µs if the trip's 67 other ` +
+      `instructions cost what the block's do (PIO exit alone, likewise: ≈ ${r.pioOnlyUs.toFixed(1)} µs)` +
       (r.backendHandlingUs !== undefined ? `; backend JS per switch ${r.backendHandlingUs.toFixed(2)} µs (median)` : ''),
   ];
 }

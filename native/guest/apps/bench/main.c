@@ -11,6 +11,7 @@ ELISA_GATE_DEFINE();
 volatile uint64_t bench_iterations = 16;
 uint64_t bench_trip_cycles[BENCH_MAX];
 uint64_t bench_pio_cycles[BENCH_MAX];
+uint64_t bench_insn_cycles[BENCH_MAX];
 uint64_t bench_tsc_start, bench_tsc_end;
 
 /* Ports the host serves in bench runs (src/elisa/host/bench.ts). */
@@ -21,6 +22,19 @@ uint64_t bench_tsc_start, bench_tsc_end;
 __attribute__((noinline)) static long pio_call(void) {
     __asm__ volatile("outb %%al, %0" :: "Nd"((uint16_t)BENCH_PIO_PORT), "a"(0) : "memory");
     return 1;
+}
+
+/* BENCH_BLOCK_INSNS register-only instructions, no exit: what this host charges per
+ * emulated instruction (hosts that run guests natively show ~0). Keep in sync with
+ * BENCH_BLOCK_INSNS in src/elisa/host/bench.ts. */
+#define BENCH_BLOCK_INSNS 48
+__attribute__((noinline)) static void insn_block(void) {
+    __asm__ volatile(
+        ".rept 16\n\t"
+        "push %%rax\n\t"
+        "pop %%rax\n\t"
+        "xor %%ecx, %%ecx\n\t"
+        ".endr" ::: "rax", "rcx", "memory");
 }
 
 int main(void) {
@@ -34,6 +48,9 @@ int main(void) {
         uint64_t t1 = elisa_rdtsc();
         long p = pio_call();
         uint64_t t2 = elisa_rdtsc();
+        insn_block();
+        uint64_t t3 = elisa_rdtsc();
+        bench_insn_cycles[i] = t3 - t2;
         GUEST_ASSERT_EQ(r, 1);
         GUEST_ASSERT_EQ(p, 1);
         bench_trip_cycles[i] = t1 - t0;
