@@ -15,12 +15,12 @@ export const BENCH_PORTS = { pio: 0x5f0, calibrate: 0x5f1, progress: 0x5f2 } as 
 /**
  * Instructions inside each rdtsc bracket of apps/bench (counted with objdump on the gcc
  * build and the generated gate pages): the block bracket holds 56 register-only
- * instructions; the round-trip bracket 67 besides its 3 VMFUNC traps (12 of the caller,
- * 52 of the top/gate/sub/bottom pages and the entry function, 3 after the call); the PIO
+ * instructions; the round-trip bracket 68 besides its 3 VMFUNC traps (12 of the caller,
+ * 53 of the top/gate/sub/bottom pages and the entry function, 3 after the call); the PIO
  * bracket 12 besides its OUT. Used to separate instruction cost from exit cost on hosts
  * that emulate guest instructions.
  */
-export const BRACKET_INSNS = { block: 56, roundTrip: 67, pio: 12 } as const;
+export const BRACKET_INSNS = { block: 56, roundTrip: 68, pio: 12 } as const;
 
 /** Most iterations the bench guest has room for. */
 export const BENCH_MAX_ITERATIONS = 16384;
@@ -61,7 +61,7 @@ export interface BenchResult {
   perSwitchUs: number;
   /** Median cost of one register-only guest instruction (a 56-instruction block / 56): ~0 where guests run natively. */
   insnUs: number;
-  /** Estimated cost of one switch alone: (median round trip − 67 instructions) / 3. */
+  /** Estimated cost of one switch alone: (median round trip − 68 instructions) / 3. */
   switchOnlyUs: number;
   /** Estimated cost of the PIO exit alone: median PIO bracket − 12 instructions. */
   pioOnlyUs: number;
@@ -155,7 +155,7 @@ export function formatBench(r: BenchResult): string[] {
     ...(r.roundTripHost ? [row('ELISA round trip (host-timed)', r.roundTripHost)] : []),
     `ratio round trip / PIO exit: ${r.ratio.toFixed(2)}x of the medians, ${r.ratioMin.toFixed(2)}x of the minimums  (target <= 4x; a trip is 3 switches)`,
     `guest instruction: ${r.insnUs.toFixed(2)} µs each (median of a 56-instruction block; ~0 where guests run natively)`,
-    `per switch: <= ${r.perSwitchUs.toFixed(1)} µs (median trip / 3); ≈ ${r.switchOnlyUs.toFixed(1)} µs if the trip's 67 other ` +
+    `per switch: <= ${r.perSwitchUs.toFixed(1)} µs (median trip / 3); ≈ ${r.switchOnlyUs.toFixed(1)} µs if the trip's ${BRACKET_INSNS.roundTrip} other ` +
       `instructions cost what the block's do (PIO exit alone, likewise: ≈ ${r.pioOnlyUs.toFixed(1)} µs)` +
       (r.backendHandlingUs !== undefined ? `; backend JS per switch ${r.backendHandlingUs.toFixed(2)} µs (median)` : ''),
   ];
