@@ -1,6 +1,6 @@
 // The emulated backend's hot path in C++ (src/elisa/backends/emulated): runs one guest
 // vCPU through its contexts (one KVM VM each) on the calling thread, carrying out the
-// VMFUNCs of the rewritten sites (`out 0xd4, al; nop`) that SUCCEED, and returns to
+// VMFUNCs of the rewritten sites (`nop; out 0xd4, al`) that SUCCEED, and returns to
 // JavaScript for everything else: any other exit of any context, a site VMFUNC that
 // must fail or that needs JS work (the APT slot must move), and the deadline. Failure
 // semantics (#UD injection), foreign VMFUNCs and reports stay in TypeScript, which
@@ -141,7 +141,7 @@ class SwitchLoop : public Napi::ObjectWrap<SwitchLoop> {
       uint64_t rip = run->s.regs.regs.rip;
       uint64_t site = 0;
       bool found = false;
-      for (uint64_t s : sites_[cur]) if (s == rip || s + 2 == rip) { site = s; found = true; break; }
+      for (uint64_t s : sites_[cur]) if (s + 1 == rip || s + 3 == rip) { site = s; found = true; break; }  // at or after the OUT
       if (!found) break;  // ordinary port I/O on the trap port: JS decides
       uint32_t eax = static_cast<uint32_t>(run->s.regs.regs.rax), ecx = static_cast<uint32_t>(run->s.regs.regs.rcx);
       int target = -1;

@@ -7,6 +7,7 @@
 import { cpus, hostname, release } from 'node:os';
 import type { BackendChoice, SwitchTiming } from '../backends/backend';
 import { ElisaManager, selectBackend } from '../host';
+import { TRAP_EXTRA_INSNS } from '../backends/emulated/vmfunc';
 import { readGuestU64s, setGuestU64 } from './apps';
 import { ElisaGuest } from './machine';
 
@@ -21,6 +22,11 @@ export const BENCH_PORTS = { pio: 0x5f0, calibrate: 0x5f1, progress: 0x5f2 } as 
  * that emulate guest instructions.
  */
 export const BRACKET_INSNS = { block: 56, roundTrip: 68, pio: 12 } as const;
+
+/** Instructions of the round-trip bracket besides its exits, on `backend` (the emulated one adds a nop per trap). */
+export function tripInsns(backend: string): number {
+  return BRACKET_INSNS.roundTrip + (backend === 'emulated' ? 3 * TRAP_EXTRA_INSNS : 0);
+}
 
 /** Most iterations the bench guest has room for. */
 export const BENCH_MAX_ITERATIONS = 16384;
@@ -61,7 +67,7 @@ export interface BenchResult {
   perSwitchUs: number;
   /** Median cost of one register-only guest instruction (a 56-instruction block / 56): ~0 where guests run natively. */
   insnUs: number;
-  /** Estimated cost of one switch alone: (median round trip − 68 instructions) / 3. */
+  /** Estimated cost of one switch alone: (median round trip − its other instructions) / 3. */
   switchOnlyUs: number;
   /** Estimated cost of the PIO exit alone: median PIO bracket − 12 instructions. */
   pioOnlyUs: number;
@@ -135,7 +141,7 @@ export function measureRoundTrips(options: BenchOptions = {}): BenchResult {
     ratioMin: roundTrip.minUs / pioExit.minUs,
     perSwitchUs: roundTrip.medianUs / 3,
     insnUs: distribution(blocks).medianUs / BRACKET_INSNS.block,
-    switchOnlyUs: (roundTrip.medianUs - (BRACKET_INSNS.roundTrip * distribution(blocks).medianUs) / BRACKET_INSNS.block) / 3,
+    switchOnlyUs: (roundTrip.medianUs - (tripInsns(backend.name) * distribution(blocks).medianUs) / BRACKET_INSNS.block) / 3,
     pioOnlyUs: pioExit.medianUs - (BRACKET_INSNS.pio * distribution(blocks).medianUs) / BRACKET_INSNS.block,
     backendHandlingUs: hostTiming ? distribution(timing.handling.map((ms) => ms * 1000)).medianUs : undefined,
     samples: { roundTrip: trips, pioExit: pios },
@@ -155,7 +161,7 @@ export function formatBench(r: BenchResult): string[] {
     ...(r.roundTripHost ? [row('ELISA round trip (host-timed)', r.roundTripHost)] : []),
     `ratio round trip / PIO exit: ${r.ratio.toFixed(2)}x of the medians, ${r.ratioMin.toFixed(2)}x of the minimums  (target <= 4x; a trip is 3 switches)`,
     `guest instruction: ${r.insnUs.toFixed(2)} µs each (median of a 56-instruction block; ~0 where guests run natively)`,
-    `per switch: <= ${r.perSwitchUs.toFixed(1)} µs (median trip / 3); ≈ ${r.switchOnlyUs.toFixed(1)} µs if the trip's ${BRACKET_INSNS.roundTrip} other ` +
+    `per switch: <= ${r.perSwitchUs.toFixed(1)} µs (median trip / 3); ≈ ${r.switchOnlyUs.toFixed(1)} µs if the trip's ${tripInsns(r.backend)} other ` +
       `instructions cost what the block's do (PIO exit alone, likewise: ≈ ${r.pioOnlyUs.toFixed(1)} µs)` +
       (r.backendHandlingUs !== undefined ? `; backend JS per switch ${r.backendHandlingUs.toFixed(2)} µs (median)` : ''),
   ];

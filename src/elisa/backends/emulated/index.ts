@@ -5,7 +5,7 @@
 // every leaf becomes guest-physical memory backed by the arena page the leaf names
 // (contiguous GPA→arena runs coalesced into one slot; read-only where the EPT denies
 // write). A VMFUNC is trapped — each VMFUNC of the pages we generated is rewritten to
-// `out 0xd4, al; nop` (a port-I/O exit, the cheapest exit there is), and a VMFUNC we did
+// `nop; out 0xd4, al` (a port-I/O exit, the cheapest exit there is), and a VMFUNC we did
 // not write ends KVM_RUN as an emulation failure carrying its bytes — and carried out
 // here with the CPU's semantics: EAX must be 0, ECX < 512, the EPTP-list entry (read
 // live from the arena at every VMFUNC) must be the EPTP of a context of this
@@ -275,9 +275,9 @@ class EmulatedAttachment implements BackendAttachment {
       const reason = v.getUint32(KvmRun.exit_reason, true);
       if (reason === ExitReason.IO && v.getUint16(KvmRun.io_port, true) === VMFUNC_TRAP_PORT && v.getUint8(KvmRun.io_direction) === IoDirection.OUT) {
         const rip = Number(v.getBigUint64(RIP, true));
-        // Upstream KVM reports the OUT with RIP at the instruction (skipping it on the
-        // next run unless RIP changed); this project's PVM KVM reports RIP past it.
-        const site = cur.sites.has(rip) ? rip : cur.sites.has(rip - 2) ? rip - 2 : -1;
+        // Upstream KVM reports the OUT with RIP at the OUT (site + 1; it skips the OUT on
+        // the next run unless RIP changed); this project's PVM KVM reports RIP past it (site + 3).
+        const site = cur.sites.has(rip - 1) ? rip - 1 : cur.sites.has(rip - 3) ? rip - 3 : -1;
         if (site >= 0) {
           if (this.#timing) this.#timed(cur, BigInt(site));
           else this.#vmfunc(cur, BigInt(site), 'site');

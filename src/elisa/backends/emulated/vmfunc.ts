@@ -4,8 +4,18 @@ import { hex } from '../../address';
 
 /** The I/O port of the rewritten VMFUNC sites (`out 0xd4, al`: 0xd4 is VMFUNC's last opcode byte). */
 export const VMFUNC_TRAP_PORT = 0xd4;
-/** What each generated VMFUNC (0f 01 d4) is rewritten to: out 0xd4, al; nop. */
-export const VMFUNC_TRAP_BYTES: readonly number[] = Object.freeze([0xe6, VMFUNC_TRAP_PORT, 0x90]);
+/**
+ * What each generated VMFUNC (0f 01 d4) is rewritten to: `nop; out 0xd4, al`. The OUT ends
+ * where VMFUNC ended, and it starts one byte after the VMFUNC's address: upstream KVM
+ * reports a port write with RIP at the OUT and skips it on the next KVM_RUN only if RIP
+ * still equals that address, so setting RIP back to the VMFUNC (to raise #UD there when
+ * the switch fails) is never mistaken for "continue after the OUT".
+ */
+export const VMFUNC_TRAP_BYTES: readonly number[] = Object.freeze([0x90, 0xe6, VMFUNC_TRAP_PORT]);
+/** Instructions the guest executes at a rewritten site besides the trapping OUT (the nop). */
+export const TRAP_EXTRA_INSNS = 1;
+/** Where KVM may report RIP for a trap at `site`: at the OUT (upstream KVM) or after it (this project's PVM KVM). */
+export const TRAP_RIP_OFFSETS: readonly number[] = Object.freeze([1, 3]);
 /** VMFUNC's encoding. */
 export const VMFUNC_OPCODE: readonly number[] = Object.freeze([0x0f, 0x01, 0xd4]);
 
