@@ -175,6 +175,22 @@ describe('emulated backend: apps, security and failures', function () {
     }
   });
 
+  it('a VMFUNC(0,0) of the sub program itself switches to the default context at the next GVA, which the guest does not map: #PF reported', () => {
+    const { guest, att } = probe(manager, 1, 0n, 'probe_leave_early');
+    const sub = parseElf(readFileSync(guestProgramPath('sub/probe')), 'sub/probe');
+    const site = BigInt(sub.symbols.get('probe_own_vmfunc')!.value);
+    try {
+      const err = expectThrows(() => guest.run(), GuestFault);
+      expect(err.vector).to.equal(14);
+      expect(err.rip).to.equal(site + 3n);
+      expect(err.cr2).to.equal(site + 3n);
+      expect(att.stats.switchesTo).to.deep.equal({ default: 1, gate: 1, sub: 1 });
+      expect(att.currentContext).to.equal('default');
+      // The sub code's first instruction emptied slot 1, whatever the program did next.
+      expect(att.contexts.eptpList.get(1)).to.equal(0n);
+    } finally { guest.dispose(); }
+  });
+
   it('the APT follows the CR3 in force: after the guest switches page tables the gate still works', () => {
     const { guest, att } = probe(manager, 8);
     try {

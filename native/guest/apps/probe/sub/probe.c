@@ -10,3 +10,9 @@ u64 probe_fault(void) { return *(volatile u64 *)probe_unmapped; }
 u64 probe_spin(void) { for (;;) __asm__ volatile(""); }
 /* Returns the low 64 bits of xmm0 as this context sees them (FPU/SSE state tests). */
 u64 probe_xmm0(void) { u64 v; __asm__ volatile("movq %%xmm0, %0" : "=r"(v)); return v; }
+/* Leaves through a VMFUNC(0, 0) of its own instead of returning: the default context
+ * continues right after it, at a GVA the guest does not map. */
+u64 probe_leave_early(void) {
+    __asm__ volatile("xor %%eax, %%eax\n\txor %%ecx, %%ecx\n\t.globl probe_own_vmfunc\nprobe_own_vmfunc:\n\tvmfunc" ::: "rax", "rcx", "memory");
+    return 0;
+}
