@@ -7,7 +7,8 @@
         "native/addon/errors.cc",
         "native/addon/ioctls.cc",
         "native/addon/memory.cc",
-        "native/addon/runner.cc"
+        "native/addon/runner.cc",
+        "native/addon/elisa_switch.cc"
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=9", "NODE_ADDON_API_CPP_EXCEPTIONS"],

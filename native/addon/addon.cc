@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   elisa::InitIoctls(env, exports);
   elisa::InitMemory(env, exports);
   elisa::InitRunner(env, exports);
+  elisa::InitSwitchLoop(env, exports);
   return exports;
 }
 

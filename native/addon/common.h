@@ -41,5 +41,6 @@ void InitErrors(Napi::Env env, Napi::Object exports);
 void InitIoctls(Napi::Env env, Napi::Object exports);
 void InitMemory(Napi::Env env, Napi::Object exports);
 void InitRunner(Napi::Env env, Napi::Object exports);
+void InitSwitchLoop(Napi::Env env, Napi::Object exports);  // elisa_switch.cc (emulated backend)
 
 }  // namespace elisa

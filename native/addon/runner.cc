@@ -56,6 +56,14 @@ void InstallSignalHandler() {
   sigaction(kKickSignal, &sa, nullptr);
 }
 
+// A thread that runs vCPUs must be able to receive the kick signal.
+void UnblockKickSignal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, kKickSignal);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+}
+
 pid_t GetTid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
 
 // A one-shot timer that delivers kKickSignal to one thread.
@@ -108,6 +116,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       InstanceMethod<&VcpuRunner::LastCause>("lastInterruptCause"),
       InstanceMethod<&VcpuRunner::IsRunning>("isRunning"),
       InstanceMethod<&VcpuRunner::Close>("close"),
+      InstanceMethod<&VcpuRunner::RunLoop>("runLoop"),
     });
   }
 
@@ -141,6 +150,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
 
  private:
   // One KVM_RUN on the calling thread. `timer` is armed for timeoutMs when >= 0.
+  // Touching run_ is safe: the mapping is pinned (munmap from JS refused) and
+  // only close() unmaps it, after joining the worker; callers check closed_.
   RunResult RunOnce(ThreadTimer* timer, double timeoutMs) {
     tls.run = run_;
     tls.timerFired = 0;
@@ -203,6 +214,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void WorkerLoop() {
     ThreadTimer timer;
     tls.run = nullptr;  // touch the TLS block before any signal can arrive
+    UnblockKickSignal();
     std::unique_lock<std::mutex> g(mu_);
     for (;;) {
       cv_.wait(g, [this] { return jobPending_ || stopping_; });
@@ -246,6 +258,24 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     run_->immediate_exit = 1;
     if (workerInRun_) pthread_kill(workerThread_, kKickSignal);
     return true;
+  }
+
+  // runLoop(n, expectedExitReason): n KVM_RUNs back to back in C++, stopping at
+  // the first other exit. For bench/exit.ts: the cost of KVM_RUN itself inside
+  // this process, to separate it from the cost of crossing into JS.
+  // Returns how many runs ended with the expected reason.
+  Napi::Value RunLoop(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    if (pending_) ThrowType(env, "vCPU is already running (a runAsync() is in flight)");
+    uint32_t n = ArgU32(info, 0, "n");
+    uint32_t expected = ArgU32(info, 1, "expectedExitReason");
+    uint32_t i = 0;
+    for (; i < n; i++) {
+      if (ioctl(fd_, KVM_RUN, 0) < 0) ThrowIoctlError(env, "KVM_RUN", errno);
+      if (run_->exit_reason != expected) break;
+    }
+    return Napi::Number::New(env, i);
   }
 
   Napi::Value Kick(const Napi::CallbackInfo& info) {
@@ -334,6 +364,8 @@ Napi::Value CopySyncRegs(const Napi::CallbackInfo& info) {
 
 void InitRunner(Napi::Env env, Napi::Object exports) {
   InstallSignalHandler();
+  tls.run = nullptr;  // the JS thread runs vCPUs synchronously: touch its TLS block
+  UnblockKickSignal();
   exports.Set("VcpuRunner", VcpuRunner::Define(env));
   exports.Set("copySyncRegs", Napi::Function::New(env, CopySyncRegs));
   exports.Set("kickSignal", Napi::Number::New(env, kKickSignal));

@@ -176,7 +176,7 @@ export class GuestMemory implements Disposable {
 
   /** @internal Records that `user` put this memory into `slot`. */
   attach(user: MemoryUser, slot: number): void {
-    this.buffer; // throws if disposed
+    if (this.#buffer === undefined) throw new DisposedError(this.toString());
     let slots = this.#users.get(user);
     if (!slots) this.#users.set(user, slots = new Set());
     slots.add(slot);
@@ -212,8 +212,10 @@ export class GuestMemory implements Disposable {
     }
   }
 
+  /** Same as dispose(), for `using`. */
   [Symbol.dispose](): void { this.dispose(); }
 
+  /** E.g. 'GuestMemory(memfd, 2 MiB)', as used in messages. */
   toString(): string {
     return `GuestMemory(${this.kind}, ${this.size >= 1024 * 1024 ? `${this.size / 1024 / 1024} MiB` : `${this.size / 1024} KiB`})`;
   }

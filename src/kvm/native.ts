@@ -18,10 +18,13 @@ export interface NativeVcpuRunner {
   lastInterruptCause(): number;
   /** True while a runAsync is in flight. */
   isRunning(): boolean;
+  /** n KVM_RUNs in C++ (benchmark baseline inside this process); returns how many gave `expected`. */
+  runLoop(n: number, expected: number): number;
   /** Kicks and joins a run in flight, stops the thread, unmaps kvm_run. Idempotent. */
   close(): void;
 }
 
+/** The addon's exports (native/addon/*.cc). */
 export interface NativeAddon {
   setErrorClasses(kvmError: typeof KvmError, hostError: typeof HostError): void;
   layout(): Record<string, number>;
@@ -61,6 +64,13 @@ export interface NativeAddon {
   setCpuid2(fd: number, entries: Uint8Array): void;
   interrupt(fd: number, irq: number): void;
   nmi(fd: number): number;
+  getXsave(fd: number, buf: Uint8Array): void;
+  setXsave(fd: number, buf: Uint8Array): void;
+  getXcrs(fd: number, buf: Uint8Array): void;
+  setXcrs(fd: number, buf: Uint8Array): void;
+  getDebugRegs(fd: number, buf: Uint8Array): void;
+  setDebugRegs(fd: number, buf: Uint8Array): void;
+  copyExtendedState(srcFd: number, dstFd: number): void;
   // memory
   pageSize(): number;
   memfdCreate(name: string, hugetlb: boolean): number;

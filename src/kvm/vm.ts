@@ -109,7 +109,7 @@ export class Vm implements Disposable, MemoryUser {
 
   /** The slots currently set, sorted by guest-physical address. */
   get memoryRegions(): readonly MemoryRegionInfo[] {
-    return [...this.#slots.values()].sort((a, b) => (a.guestPhysAddr < b.guestPhysAddr ? -1 : 1));
+    return [...this.#slots.values()].map((r) => ({ ...r })).sort((a, b) => (a.guestPhysAddr < b.guestPhysAddr ? -1 : 1));
   }
 
   /** @internal (MemoryUser) */
@@ -168,6 +168,20 @@ export class Vm implements Disposable, MemoryUser {
     memory.attach(this, slot);
   }
 
+  /**
+   * Turns dirty-page logging of an existing slot on or off
+   * (KVM_SET_USER_MEMORY_REGION with the same range and new flags, which KVM
+   * allows without removing the slot). Turning it on starts a fresh log.
+   */
+  setDirtyLogging(slot: number, on: boolean): void {
+    const fd = this.fd;
+    const r = this.#slots.get(slot);
+    if (!r) throw new Error(`memory slot ${slot} of Vm ${this.number} is not in use`);
+    const flags = (r.readonly ? MemoryRegionFlag.READONLY : 0) | (on ? MemoryRegionFlag.LOG_DIRTY_PAGES : 0);
+    native.setUserMemoryRegion(fd, slot, flags, r.guestPhysAddr, BigInt(r.size), r.memory.buffer, BigInt(r.offset));
+    r.logDirtyPages = on;
+  }
+
   /** Deletes a slot (KVM_SET_USER_MEMORY_REGION with size 0). */
   deleteMemoryRegion(slot: number): void {
     const fd = this.fd;
@@ -185,7 +199,7 @@ export class Vm implements Disposable, MemoryUser {
   getDirtyLog(slot: number): Uint8Array {
     const r = this.#slots.get(slot);
     if (!r) throw new Error(`memory slot ${slot} of Vm ${this.number} is not in use`);
-    if (!r.logDirtyPages) throw new Error(`memory slot ${slot} was set without logDirtyPages: it has no dirty log`);
+    if (!r.logDirtyPages) throw new Error(`memory slot ${slot} has no dirty log (set it with logDirtyPages, or setDirtyLogging(${slot}, true))`);
     const pages = r.size / PAGE_SIZE;
     const bitmap = new Uint8Array(Math.ceil(pages / 64) * 8);
     native.getDirtyLog(this.fd, slot, bitmap);
@@ -247,5 +261,6 @@ export class Vm implements Disposable, MemoryUser {
     this.#onDispose();
   }
 
+  /** Same as dispose(), for `using`. */
   [Symbol.dispose](): void { this.dispose(); }
 }

@@ -1,6 +1,7 @@
 // Everything a vCPU needs to start directly in 64-bit long mode, without real-mode boot
 // code: the host writes GDT, TSSs, IDT and exception stubs into guest memory, and sets
 // segment registers, descriptor tables and control registers through KVM_SET_SREGS.
+import type { DTable, Segment } from '../kvm/structs';
 import { codeSegment64, dataSegment, TSS_SIZE, tssDescriptor, writeTss } from './descriptors';
 import { exceptionStubs, IDT_LIMIT, writeIdt } from './exceptions';
 import {
@@ -24,27 +25,10 @@ export const LONG_MODE_EFER = Efer.LME | Efer.LMA | Efer.NXE;
 /** RFLAGS at entry: only the always-one bit 1 (interrupts off). */
 export const INITIAL_RFLAGS = 0x2n;
 
-/** The hidden part of a segment register, as KVM_SET_SREGS takes it (struct kvm_segment). */
-export interface SegmentState {
-  base: bigint;
-  limit: number;
-  selector: number;
-  type: number;
-  present: boolean;
-  dpl: number;
-  db: boolean;
-  s: boolean;
-  l: boolean;
-  g: boolean;
-  avl: boolean;
-  unusable: boolean;
-}
-
+/** The hidden part of a segment register: KVM's struct kvm_segment, one definition for both layers. */
+export type SegmentState = Segment;
 /** GDTR/IDTR (struct kvm_dtable). */
-export interface DescriptorTableState {
-  base: bigint;
-  limit: number;
-}
+export type DescriptorTableState = DTable;
 
 /** The special registers one vCPU needs for long mode at CPL 0. */
 export interface LongModeState {

@@ -145,7 +145,22 @@ describe('guest memory', function () {
     expect(g.vcpu.run(T).kind).to.equal('hlt');
     expect(g.vm.dirtyPages(1)).to.deep.equal([1, 3]);
     expect(g.vm.dirtyPages(1)).to.deep.equal([]);
-    expect(() => g.vm.dirtyPages(0)).to.throw(/without logDirtyPages/);
+    expect(() => g.vm.dirtyPages(0)).to.throw(/memory slot \d has no dirty log/);
+    g.vm.deleteMemoryRegion(1);
+  });
+
+  it('dirty logging can be switched on for a slot in use, without removing it', function () {
+    using data = GuestMemory.anonymous('16K');
+    data.bytes()[0x2000] = 0x99;
+    using g = realModeGuest('mov $0x2000, %ax; mov %ax, %es; mov %es:0x2000, %bl; movb $1, %es:0x3000; hlt');
+    g.vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: 0x20000, memory: data });
+    g.vm.setDirtyLogging(1, true);
+    expect(g.vm.memoryRegions.find((r) => r.slot === 1)?.logDirtyPages).to.equal(true);
+    expect(g.vcpu.run(T).kind).to.equal('hlt');
+    expect(g.vcpu.getRegs().rbx & 0xffn, 'the slot kept its contents').to.equal(0x99n);
+    expect(g.vm.dirtyPages(1)).to.deep.equal([3]);
+    g.vm.setDirtyLogging(1, false);
+    expect(() => g.vm.dirtyPages(1)).to.throw(/memory slot \d has no dirty log/);
     g.vm.deleteMemoryRegion(1);
   });
 });
