@@ -76,14 +76,21 @@ kvm_users() {
 # --- resolution of headers, source and patch ----------------------------------
 
 apt_updated=0
-apt_field() { # PACKAGE[=VERSION] FIELD -> value of FIELD for that package, if apt knows it
-  apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n "s/^$2: //p" | head -n1
+declare -A APT_SHOW=()
+apt_load() { # PACKAGE[=VERSION]: caches `apt-cache show` in this shell (call outside $(...))
+  [ -n "${APT_SHOW[$1]+set}" ] || APT_SHOW[$1]=$(apt-cache show --no-all-versions "$1" 2>/dev/null || true)
 }
-apt_known() {
+apt_field() { # PACKAGE[=VERSION] FIELD -> value of FIELD, from the cache apt_load filled
+  printf '%s\n' "${APT_SHOW[$1]:-}" | sed -n "s/^$2: //p" | head -n1
+}
+apt_known() { # PACKAGE: loads it; runs apt-get update once (as root) if apt does not know it
+  apt_load "$1"
   if [ -z "$(apt_field "$1" Version)" ] && [ $apt_updated = 0 ] && [ "$(id -u)" = 0 ]; then
     log "apt does not know $1: running apt-get update"
     apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 || true
     apt_updated=1
+    APT_SHOW=()
+    apt_load "$1"
   fi
   [ -n "$(apt_field "$1" Version)" ]
 }
@@ -106,6 +113,7 @@ resolve() {
   if [ -z "$HDR_DIR" ]; then
     # The flavour package plus the -common and kbuild packages it depends on.
     local deps
+    apt_load "linux-headers-$KREL=$HDR_VERSION"
     deps=$(apt_field "linux-headers-$KREL=$HDR_VERSION" Depends | tr ',' '\n' |
       sed -e 's/|.*//' -e 's/(.*)//' -e 's/ //g' | grep -E '^linux-(headers|kbuild)-' || true)
     HDR_PKGS="linux-headers-$KREL $(echo $deps)"
@@ -162,7 +170,7 @@ fetch_headers() {
     # kbuild packages may carry a different version than the headers.
     specs=("${specs[@]/linux-kbuild-*/}")
     for pkg in $HDR_PKGS; do
-      case $pkg in linux-kbuild-*) specs+=("$pkg=$(apt_field "$pkg" Version)") ;; esac
+      case $pkg in linux-kbuild-*) apt_load "$pkg"; specs+=("$pkg=$(apt_field "$pkg" Version)") ;; esac
     done
     specs=($(printf '%s\n' "${specs[@]}" | grep -v '^$'))
     download "${specs[@]}"
@@ -223,7 +231,8 @@ build_in() { # WORK PATCH LOGFILE
   grep -q 'include/trace' "$work/arch/x86/kvm/Kbuild" || { echo "unexpected arch/x86/kvm/Makefile layout" >&2; return 11; }
   t=$SECONDS
   log "building kvm.ko + kvm-intel.ko against $HDR_BUILD (-Werror, $(nproc) jobs)"
-  local n=0 line
+  local n=0 line errexit=0
+  [[ $- == *e* ]] && errexit=1
   set +e
   make -C "$HDR_BUILD" M="$work/arch/x86/kvm" CONFIG_KVM_AMD= KCFLAGS=-Werror \
     -j"$(nproc)" modules 2>&1 | tee -a "$logf" | while IFS= read -r line; do
@@ -231,9 +240,9 @@ build_in() { # WORK PATCH LOGFILE
         n=$((n + 1)); printf '  [%3d] %s\n' "$n" "${line##*/arch/x86/kvm/}" >&2 ;; esac
     done
   local rc=${PIPESTATUS[0]}
-  set -e
+  [ $errexit = 0 ] || set -e
   BUILD_SECONDS=$((SECONDS - t))
-  if [ "$rc" != 0 ]; then grep -E 'error|warning' "$logf" | head -n 40 >&2; return 12; fi
+  if [ "$rc" != 0 ]; then grep -iE 'error|warning' "$logf" | head -n 40 >&2 || true; return 12; fi
   [ -f "$work/arch/x86/kvm/kvm.ko" ] && [ -f "$work/arch/x86/kvm/kvm-intel.ko" ] || return 12
 }
 
