@@ -57,8 +57,8 @@ for krel in "${kernels[@]}"; do
   for variant in "${variants[@]}"; do
     applied=no built=no vermagic=- note=""
     APPLY_SECONDS=0 BUILD_SECONDS=0
-    work="$CACHE/check/$variant-$krel"
     mkdir -p "$CACHE/check"
+    work=$(mktemp -d "$CACHE/check/$variant-$krel.XXXXXX")
     if ! pf=$(patch_file "$variant" "$SERIES" 2>&1); then
       note=$pf
     else
@@ -86,7 +86,7 @@ for krel in "${kernels[@]}"; do
       printf 'variant=%s\nkernel=%s\nsource=%s %s\npatch=%s\npatch_sha256=%s\nbuilt=%s\n' \
         "$variant" "$krel" "$SRC_PKG" "$SRC_VERSION" "$pf" "$(sha256sum < "$pf" | cut -d' ' -f1)" \
         "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$out/BUILD-INFO"
-      rm -rf "$work"
+      rm -rf "$work" "$work.log"
     fi
   done
   log "$krel: fetch/unpack ${fetch_seconds}s"

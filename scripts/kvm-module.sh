@@ -46,11 +46,17 @@ kernel_series() {
 # Kernel release a .ko was built for: first word of its vermagic string, read
 # from the .modinfo section (works without modinfo and for any module).
 ko_vermagic() {
-  local ko=$1 info
+  local ko=$1 info tmp
   [ -f "$ko" ] || { echo "no such file: $ko" >&2; return 1; }
-  info=$(objcopy -O binary --only-section=.modinfo "$ko" /dev/stdout 2>/dev/null | tr '\0' '\n') ||
-    { echo "$ko: not an ELF object with a .modinfo section" >&2; return 1; }
-  info=$(printf '%s\n' "$info" | sed -n 's/^vermagic=//p' | head -n1)
+  # To a file, not /dev/stdout: objcopy does not reliably write to a pipe.
+  tmp=$(mktemp)
+  if ! objcopy -O binary --only-section=.modinfo "$ko" "$tmp" 2>/dev/null; then
+    rm -f "$tmp"
+    echo "$ko: not an ELF object with a .modinfo section" >&2
+    return 1
+  fi
+  info=$(tr '\0' '\n' < "$tmp" | sed -n 's/^vermagic=//p' | head -n1)
+  rm -f "$tmp"
   [ -n "$info" ] || { echo "$ko: no vermagic in .modinfo" >&2; return 1; }
   printf '%s\n' "${info%% *}"
 }
@@ -161,10 +167,19 @@ download() { # PKG=VERSION ... -> .deb files in $CACHE/debs
 }
 deb_of() { ls "$CACHE/debs/${1}_${2/*:/}_"*.deb | head -n1; }
 
+# Holds an exclusive lock on $CACHE/locks/NAME on FD until the process exits or
+# FD is closed: several builds (CI, other tools) may share one cache.
+cache_lock() { # FD NAME
+  mkdir -p "$CACHE/locks"
+  eval "exec $1>\"\$CACHE/locks/\$2.lock\""
+  flock "$1"
+}
+
 # Sets HDR_BUILD: the directory to run make -C in.
 fetch_headers() {
   if [ -n "$HDR_DIR" ]; then HDR_BUILD=$HDR_DIR; return; fi
   local dest="$CACHE/headers/$KREL-$HDR_VERSION" pkg specs=()
+  cache_lock 8 "headers-$KREL"
   if [ ! -f "$dest/.complete" ]; then
     for pkg in $HDR_PKGS; do specs+=("$pkg=$HDR_VERSION"); done
     # kbuild packages may carry a different version than the headers.
@@ -183,13 +198,15 @@ fetch_headers() {
     sed -i "s|^include /usr/src/|include $dest/usr/src/|" "$dest.tmp/usr/src/linux-headers-$KREL/Makefile"
     rm -rf "$dest" && mv "$dest.tmp" "$dest" && touch "$dest/.complete"
   fi
+  exec 8>&-
   HDR_BUILD="$dest/usr/src/linux-headers-$KREL"
 }
 
 # Sets SRC_TREE: pristine arch/x86/kvm + virt/kvm of the release (read-only copy).
 fetch_source() {
   SRC_TREE="$CACHE/source/$SRC_PKG-$SRC_VERSION"
-  [ -f "$SRC_TREE/.complete" ] && return 0
+  cache_lock 7 "source-$SRC_PKG-$SRC_VERSION"
+  if [ -f "$SRC_TREE/.complete" ]; then exec 7>&-; return 0; fi
   local tar=$SRC_TAR
   if [ -z "$tar" ]; then
     download "$SRC_PKG=$SRC_VERSION"
@@ -204,6 +221,7 @@ fetch_source() {
     --wildcards --no-wildcards-match-slash '*/arch/x86/kvm' '*/virt/kvm'
   [ "$tar" = "$SRC_TAR" ] || rm -f "$tar"
   rm -rf "$SRC_TREE" && mv "$SRC_TREE.tmp" "$SRC_TREE" && touch "$SRC_TREE/.complete"
+  exec 7>&-
 }
 
 # --- build ---------------------------------------------------------------------
@@ -269,8 +287,11 @@ cmd_build() {
   if [ -z "$patch" ] && [ "$variant" != stock ]; then patch=$(patch_file "$variant" "$SERIES"); fi
   fetch_headers
   fetch_source
-  local work="$CACHE/build/$krel-$variant"
+  local work
   mkdir -p "$CACHE/build"
+  # A private tree: concurrent builds of the same kernel and variant must not
+  # share one (it is deleted on success, kept with its log on failure).
+  work=$(mktemp -d "$CACHE/build/$krel-$variant.XXXXXX")
   build_in "$work" "$patch" "$work.log" || die "build failed (log: $work.log)"
   local ko
   for ko in kvm.ko kvm-intel.ko; do check_vermagic "$work/arch/x86/kvm/$ko" "$krel"; done
@@ -285,6 +306,7 @@ cmd_build() {
     [ -z "$patch" ] || echo "patch_sha256=$(sha256sum < "$patch" | cut -d' ' -f1)"
     echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   } > "$out/BUILD-INFO"
+  rm -rf "$work" "$work.log"
   log "built in ${BUILD_SECONDS}s; vermagic $krel matches"
   echo "$out/kvm.ko"
   echo "$out/kvm-intel.ko"
