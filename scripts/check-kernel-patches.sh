@@ -50,6 +50,15 @@ fi
 rows=() failed=0
 for krel in "${kernels[@]}"; do
   t=$SECONDS
+  # A kernel whose packages apt cannot find (the archive moved on) is a
+  # failed row, not the end of the run.
+  if ! reason=$( (resolve "$krel" > /dev/null) 2>&1 ); then
+    for variant in "${variants[@]}"; do
+      rows+=("$(printf '%-9s %-22s %-7s %-5s %6s %6s  %s' "$variant" "$krel" no no 0 0 "${reason##*kvm-module: }")")
+    done
+    failed=1
+    continue
+  fi
   resolve "$krel"
   fetch_headers
   fetch_source
