@@ -34,8 +34,9 @@ if [ ${#kernels[@]} -eq 0 ]; then
 fi
 
 # Build tools the out-of-tree module build needs (the kernel's own kbuild
-# helpers come prebuilt in Debian's linux-kbuild package).
-need=(make gcc-12 binutils patch xz-utils kmod apt dpkg)
+# helpers come prebuilt in Debian's linux-kbuild package; pahole from dwarves
+# generates module BTF, which 6.12's headers ask for since they ship vmlinux).
+need=(make gcc-12 binutils patch xz-utils kmod dwarves apt dpkg)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -49,6 +50,15 @@ fi
 rows=() failed=0
 for krel in "${kernels[@]}"; do
   t=$SECONDS
+  # A kernel whose packages apt cannot find (the archive moved on) is a
+  # failed row, not the end of the run.
+  if ! reason=$( (resolve "$krel" > /dev/null) 2>&1 ); then
+    for variant in "${variants[@]}"; do
+      rows+=("$(printf '%-9s %-22s %-7s %-5s %6s %6s  %s' "$variant" "$krel" no no 0 0 "${reason##*kvm-module: }")")
+    done
+    failed=1
+    continue
+  fi
   resolve "$krel"
   fetch_headers
   fetch_source
@@ -56,15 +66,13 @@ for krel in "${kernels[@]}"; do
   for variant in "${variants[@]}"; do
     applied=no built=no vermagic=- note=""
     APPLY_SECONDS=0 BUILD_SECONDS=0
-    work="$CACHE/check/$variant-$krel"
     mkdir -p "$CACHE/check"
+    work=$(mktemp -d "$CACHE/check/$variant-$krel.XXXXXX")
     if ! pf=$(patch_file "$variant" "$SERIES" 2>&1); then
       note=$pf
     else
-      set +e
-      build_in "$work" "$pf" "$work.log"
-      rc=$?
-      set -e
+      rc=0
+      build_in "$work" "$pf" "$work.log" || rc=$?
       case $rc in
         0) applied=yes built=yes ;;
         10) note="patch does not apply with zero fuzz (log: $work.log)" ;;
@@ -78,8 +86,17 @@ for krel in "${kernels[@]}"; do
     [ $built = yes ] || failed=1
     rows+=("$(printf '%-9s %-22s %-7s %-5s %6s %6s  %s' "$variant" "$krel" "$applied" "$built" \
       "$APPLY_SECONDS" "$BUILD_SECONDS" "$note")")
-    # Keep only the log: the tree is large and rebuilt from the cache next time.
-    [ $built = yes ] && rm -rf "$work"
+    if [ $built = yes ]; then
+      # Keep the modules where `kvm-module.sh build` puts them (other tools and
+      # the emulated VT-x host pick them up there) and drop the large tree.
+      out="$CACHE/modules/$krel/$variant"
+      mkdir -p "$out"
+      cp "$work/arch/x86/kvm/kvm.ko" "$work/arch/x86/kvm/kvm-intel.ko" "$out/"
+      printf 'variant=%s\nkernel=%s\nsource=%s %s\npatch=%s\npatch_sha256=%s\nbuilt=%s\n' \
+        "$variant" "$krel" "$SRC_PKG" "$SRC_VERSION" "$pf" "$(sha256sum < "$pf" | cut -d' ' -f1)" \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$out/BUILD-INFO"
+      rm -rf "$work" "$work.log"
+    fi
   done
   log "$krel: fetch/unpack ${fetch_seconds}s"
 done

@@ -46,11 +46,17 @@ kernel_series() {
 # Kernel release a .ko was built for: first word of its vermagic string, read
 # from the .modinfo section (works without modinfo and for any module).
 ko_vermagic() {
-  local ko=$1 info
+  local ko=$1 info tmp
   [ -f "$ko" ] || { echo "no such file: $ko" >&2; return 1; }
-  info=$(objcopy -O binary --only-section=.modinfo "$ko" /dev/stdout 2>/dev/null | tr '\0' '\n') ||
-    { echo "$ko: not an ELF object with a .modinfo section" >&2; return 1; }
-  info=$(printf '%s\n' "$info" | sed -n 's/^vermagic=//p' | head -n1)
+  # To a file, not /dev/stdout: objcopy does not reliably write to a pipe.
+  tmp=$(mktemp)
+  if ! objcopy -O binary --only-section=.modinfo "$ko" "$tmp" 2>/dev/null; then
+    rm -f "$tmp"
+    echo "$ko: not an ELF object with a .modinfo section" >&2
+    return 1
+  fi
+  info=$(tr '\0' '\n' < "$tmp" | sed -n 's/^vermagic=//p' | head -n1)
+  rm -f "$tmp"
   [ -n "$info" ] || { echo "$ko: no vermagic in .modinfo" >&2; return 1; }
   printf '%s\n' "${info%% *}"
 }
@@ -76,14 +82,21 @@ kvm_users() {
 # --- resolution of headers, source and patch ----------------------------------
 
 apt_updated=0
-apt_field() { # PACKAGE[=VERSION] FIELD -> value of FIELD for that package, if apt knows it
-  apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n "s/^$2: //p" | head -n1
+declare -A APT_SHOW=()
+apt_load() { # PACKAGE[=VERSION]: caches `apt-cache show` in this shell (call outside $(...))
+  [ -n "${APT_SHOW[$1]+set}" ] || APT_SHOW[$1]=$(apt-cache show --no-all-versions "$1" 2>/dev/null || true)
 }
-apt_known() {
+apt_field() { # PACKAGE[=VERSION] FIELD -> value of FIELD, from the cache apt_load filled
+  printf '%s\n' "${APT_SHOW[$1]:-}" | sed -n "s/^$2: //p" | head -n1
+}
+apt_known() { # PACKAGE: loads it; runs apt-get update once (as root) if apt does not know it
+  apt_load "$1"
   if [ -z "$(apt_field "$1" Version)" ] && [ $apt_updated = 0 ] && [ "$(id -u)" = 0 ]; then
     log "apt does not know $1: running apt-get update"
     apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 || true
     apt_updated=1
+    APT_SHOW=()
+    apt_load "$1"
   fi
   [ -n "$(apt_field "$1" Version)" ]
 }
@@ -106,6 +119,7 @@ resolve() {
   if [ -z "$HDR_DIR" ]; then
     # The flavour package plus the -common and kbuild packages it depends on.
     local deps
+    apt_load "linux-headers-$KREL=$HDR_VERSION"
     deps=$(apt_field "linux-headers-$KREL=$HDR_VERSION" Depends | tr ',' '\n' |
       sed -e 's/|.*//' -e 's/(.*)//' -e 's/ //g' | grep -E '^linux-(headers|kbuild)-' || true)
     HDR_PKGS="linux-headers-$KREL $(echo $deps)"
@@ -153,16 +167,25 @@ download() { # PKG=VERSION ... -> .deb files in $CACHE/debs
 }
 deb_of() { ls "$CACHE/debs/${1}_${2/*:/}_"*.deb | head -n1; }
 
+# Holds an exclusive lock on $CACHE/locks/NAME on FD until the process exits or
+# FD is closed: several builds (CI, other tools) may share one cache.
+cache_lock() { # FD NAME
+  mkdir -p "$CACHE/locks"
+  eval "exec $1>\"\$CACHE/locks/\$2.lock\""
+  flock "$1"
+}
+
 # Sets HDR_BUILD: the directory to run make -C in.
 fetch_headers() {
   if [ -n "$HDR_DIR" ]; then HDR_BUILD=$HDR_DIR; return; fi
   local dest="$CACHE/headers/$KREL-$HDR_VERSION" pkg specs=()
+  cache_lock 8 "headers-$KREL"
   if [ ! -f "$dest/.complete" ]; then
     for pkg in $HDR_PKGS; do specs+=("$pkg=$HDR_VERSION"); done
     # kbuild packages may carry a different version than the headers.
     specs=("${specs[@]/linux-kbuild-*/}")
     for pkg in $HDR_PKGS; do
-      case $pkg in linux-kbuild-*) specs+=("$pkg=$(apt_field "$pkg" Version)") ;; esac
+      case $pkg in linux-kbuild-*) apt_load "$pkg"; specs+=("$pkg=$(apt_field "$pkg" Version)") ;; esac
     done
     specs=($(printf '%s\n' "${specs[@]}" | grep -v '^$'))
     download "${specs[@]}"
@@ -175,13 +198,15 @@ fetch_headers() {
     sed -i "s|^include /usr/src/|include $dest/usr/src/|" "$dest.tmp/usr/src/linux-headers-$KREL/Makefile"
     rm -rf "$dest" && mv "$dest.tmp" "$dest" && touch "$dest/.complete"
   fi
+  exec 8>&-
   HDR_BUILD="$dest/usr/src/linux-headers-$KREL"
 }
 
 # Sets SRC_TREE: pristine arch/x86/kvm + virt/kvm of the release (read-only copy).
 fetch_source() {
   SRC_TREE="$CACHE/source/$SRC_PKG-$SRC_VERSION"
-  [ -f "$SRC_TREE/.complete" ] && return 0
+  cache_lock 7 "source-$SRC_PKG-$SRC_VERSION"
+  if [ -f "$SRC_TREE/.complete" ]; then exec 7>&-; return 0; fi
   local tar=$SRC_TAR
   if [ -z "$tar" ]; then
     download "$SRC_PKG=$SRC_VERSION"
@@ -196,6 +221,7 @@ fetch_source() {
     --wildcards --no-wildcards-match-slash '*/arch/x86/kvm' '*/virt/kvm'
   [ "$tar" = "$SRC_TAR" ] || rm -f "$tar"
   rm -rf "$SRC_TREE" && mv "$SRC_TREE.tmp" "$SRC_TREE" && touch "$SRC_TREE/.complete"
+  exec 7>&-
 }
 
 # --- build ---------------------------------------------------------------------
@@ -223,7 +249,8 @@ build_in() { # WORK PATCH LOGFILE
   grep -q 'include/trace' "$work/arch/x86/kvm/Kbuild" || { echo "unexpected arch/x86/kvm/Makefile layout" >&2; return 11; }
   t=$SECONDS
   log "building kvm.ko + kvm-intel.ko against $HDR_BUILD (-Werror, $(nproc) jobs)"
-  local n=0 line
+  local n=0 line errexit=0
+  [[ $- == *e* ]] && errexit=1
   set +e
   make -C "$HDR_BUILD" M="$work/arch/x86/kvm" CONFIG_KVM_AMD= KCFLAGS=-Werror \
     -j"$(nproc)" modules 2>&1 | tee -a "$logf" | while IFS= read -r line; do
@@ -231,9 +258,9 @@ build_in() { # WORK PATCH LOGFILE
         n=$((n + 1)); printf '  [%3d] %s\n' "$n" "${line##*/arch/x86/kvm/}" >&2 ;; esac
     done
   local rc=${PIPESTATUS[0]}
-  set -e
+  [ $errexit = 0 ] || set -e
   BUILD_SECONDS=$((SECONDS - t))
-  if [ "$rc" != 0 ]; then grep -E 'error|warning' "$logf" | head -n 40 >&2; return 12; fi
+  if [ "$rc" != 0 ]; then grep -iE 'error|warning' "$logf" | head -n 40 >&2 || true; return 12; fi
   [ -f "$work/arch/x86/kvm/kvm.ko" ] && [ -f "$work/arch/x86/kvm/kvm-intel.ko" ] || return 12
 }
 
@@ -260,8 +287,11 @@ cmd_build() {
   if [ -z "$patch" ] && [ "$variant" != stock ]; then patch=$(patch_file "$variant" "$SERIES"); fi
   fetch_headers
   fetch_source
-  local work="$CACHE/build/$krel-$variant"
+  local work
   mkdir -p "$CACHE/build"
+  # A private tree: concurrent builds of the same kernel and variant must not
+  # share one (it is deleted on success, kept with its log on failure).
+  work=$(mktemp -d "$CACHE/build/$krel-$variant.XXXXXX")
   build_in "$work" "$patch" "$work.log" || die "build failed (log: $work.log)"
   local ko
   for ko in kvm.ko kvm-intel.ko; do check_vermagic "$work/arch/x86/kvm/$ko" "$krel"; done
@@ -276,6 +306,7 @@ cmd_build() {
     [ -z "$patch" ] || echo "patch_sha256=$(sha256sum < "$patch" | cut -d' ' -f1)"
     echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   } > "$out/BUILD-INFO"
+  rm -rf "$work" "$work.log"
   log "built in ${BUILD_SECONDS}s; vermagic $krel matches"
   echo "$out/kvm.ko"
   echo "$out/kvm-intel.ko"

@@ -4,6 +4,7 @@ import { bench } from './bench';
 import { doctor } from './doctor';
 import { execCommand } from './exec';
 import { inspect } from './inspect';
+import { kernelCommand } from './kernel';
 import { run } from './run';
 
 export const commands: CliCommand[] = [
@@ -12,4 +13,5 @@ export const commands: CliCommand[] = [
   inspect,
   run,
   bench,
+  kernelCommand,
 ];
