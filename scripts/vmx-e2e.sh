@@ -107,28 +107,11 @@ npm run -s build
 [ -f build/Release/elisa_kvm.node ] || die "build/Release/elisa_kvm.node missing: run npm ci (it builds the addon)"
 [ -f dist/test/vmx/run-in-host.js ] || die "dist/test/vmx/run-in-host.js missing after the build"
 
-# Builds kvm.ko + kvm-intel.ko with PATCH into OUT, using scripts/kvm-module.sh's
-# functions (headers and source come from its cache). Its `build` command is not used
-# because its vermagic check reads .modinfo through /dev/stdout, which fails when
-# something on the machine has replaced that symlink; `modinfo` checks it here instead.
+# Builds kvm.ko + kvm-intel.ko with PATCH into OUT (scripts/kvm-module.sh checks the
+# vermagic; headers and source come from its cache under $ELISA_CACHE/kernel).
 build_variant() { # VARIANT PATCH OUT
-  (
-    set -euo pipefail
-    # shellcheck source=/dev/null
-    source "$ROOT/scripts/kvm-module.sh"
-    resolve "$KVER"
-    fetch_headers
-    fetch_source
-    build_in "$3.work" "$2" "$3.build.log"
-    rm -rf "$3" && mkdir -p "$3"
-    local ko magic
-    for ko in kvm.ko kvm-intel.ko; do
-      magic=$(modinfo -F vermagic "$3.work/arch/x86/kvm/$ko")
-      [ "${magic%% *}" = "$KVER" ] || { echo "$ko was built for '${magic%% *}', not $KVER" >&2; exit 1; }
-      cp "$3.work/arch/x86/kvm/$ko" "$3/"
-    done
-    rm -rf "$3.work" "$3.build.log"
-  )
+  rm -rf "$3"
+  bash "$ROOT/scripts/kvm-module.sh" build --variant "$1" --kernel "$KVER" --patch "$2" --out "$3"
 }
 
 # --- ELISA KVM modules (scripts/kvm-module.sh), built once per patch/script content ---
