@@ -2,6 +2,7 @@
 // that the ELISA hardware backend stands on (CPU features, KVM, our addon).
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
+import { collectDoctorReport } from '../../src/cli/commands/doctor';
 import { Kvm } from '../../src/kvm/index';
 import { native } from '../../src/kvm/native';
 import { GuestMachine } from '../../src/x86/index';
@@ -63,6 +64,17 @@ describe('emulated VT-x host, stock KVM', function () {
     const [ctls2, vmfuncCtls] = kvm.getFeatureMsrs([0x48b, 0x491]);
     expect(bitSet(ctls2!, 32 + 13), 'enable VM functions (bit 45 of 0x48B)').to.equal(true);
     expect(bitSet(vmfuncCtls!, 0), 'EPTP switching (bit 0 of 0x491)').to.equal(true);
+  });
+
+  it('is what `elisa doctor` sees as a VMX host with EPT and VMFUNC EPTP switching', function () {
+    // The only rung where doctor meets a CPU that has VMFUNC: its detection must agree.
+    const r = collectDoctorReport({ iterations: 10_000 });
+    expect(r.kvm.available, r.kvm.error).to.equal(true);
+    expect(r.kvm.modules).to.include('kvm_intel');
+    expect({ vendor: r.cpu.vendor, vmx: r.cpu.vmx, ept: r.cpu.ept, eptpSwitching: r.cpu.vmfuncEptpSwitching })
+      .to.deep.equal({ vendor: 'Intel', vmx: true, ept: true, eptpSwitching: true });
+    expect(r.backends.vmfunc.reason, 'the vmfunc backend is held back only by the kernel patch')
+      .to.not.match(/does not offer|could not be checked|needs EPT|without VMX/);
   });
 
   it('runs a long-mode KVM guest whose unknown hypercall 1001/3/1 returns -KVM_ENOSYS (-1000)', async function () {

@@ -5,7 +5,7 @@ import { expect } from 'chai';
 import { existsSync, writeFileSync } from 'node:fs';
 import { GuestMachine } from '../../src/x86/index';
 import { elisaVariant, loadKvmVariant, note, variantOnDisk } from './inhost';
-import { Elisa, eptpListSlot, hypercall, KVM_ENOSYS, KVM_EPERM, VmcsField, vmExits, vmfunc } from './probes';
+import { Elisa, eptpListSlot, hypercall, KVM_EFAULT, KVM_EINVAL, KVM_ENOSYS, KVM_EPERM, VmcsField, vmExits, vmfunc } from './probes';
 
 const MANAGER_PIDS = '/sys/module/kvm_intel/parameters/elisa_manager_pids';
 /** Guest-physical page of the manager VM used as the EPTP list. */
@@ -65,5 +65,23 @@ describe('hardened ELISA modules, swapped in', function () {
     note(`hardened: run with ${SWITCHES} x VMFUNC(0,0): ${exits} KVM exits`);
     expect(Number(exits), `KVM counted ${exits} exits for ${SWITCHES} VMFUNCs`).to.be.below(50);
     expect(await vmfunc(guest, 1), 'VMFUNC(0, 1), empty slot').to.deep.equal({ kind: 'fault', mnemonic: '#UD', atVmfunc: true });
+    // Teardown: the manager goes away while the guest is bound to its list. The host
+    // revokes the binding and switches VM functions off before the guest's next entry:
+    // the guest's next VMFUNC is a #UD, never a switch through freed memory.
+    manager.dispose();
+    expect(await vmfunc(guest, 0), 'VMFUNC(0, 0) after the manager is gone').to.deep.equal({ kind: 'fault', mnemonic: '#UD', atVmfunc: true });
+  });
+
+  it('refuse a guest activation without an offer, and bad offers from a manager (-KVM_EPERM, -KVM_EINVAL, -KVM_EFAULT)', async function () {
+    writeFileSync(MANAGER_PIDS, String(process.pid));
+    using manager = GuestMachine.create({ memory: '4M' });
+    using guest = GuestMachine.create({ memory: '4M' });
+    expect(await hypercall(guest, Elisa.activate()), 'activate with no offer for this vCPU').to.equal(KVM_EPERM);
+    expect(await hypercall(manager, Elisa.setRendezvousList(LIST_GPA)), 'offer before naming a vCPU token').to.equal(KVM_EINVAL);
+    const token = await hypercall(guest, Elisa.vcpuId());
+    expect(await hypercall(manager, Elisa.setRendezvousVcpu(token))).to.equal(0n);
+    expect(await hypercall(manager, Elisa.setRendezvousList(LIST_GPA + 8)), 'list GPA not page-aligned').to.equal(KVM_EINVAL);
+    expect(await hypercall(manager, Elisa.setRendezvousList(0x40000000)), 'list GPA outside the manager\'s memory').to.equal(KVM_EFAULT);
+    expect(await vmfunc(guest, 0), 'the guest stays without VM functions').to.deep.equal({ kind: 'fault', mnemonic: '#UD', atVmfunc: true });
   });
 });

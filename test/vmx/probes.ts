@@ -79,6 +79,10 @@ export function vmExits(vm: Vm): bigint {
 export const KVM_ENOSYS = -1000n;
 /** -KVM_EPERM: the hardened ELISA patch's answer to a caller that may not do this. */
 export const KVM_EPERM = -1n;
+/** -KVM_EFAULT: an address that no memory slot of the calling VM backs. */
+export const KVM_EFAULT = -14n;
+/** -KVM_EINVAL: a malformed argument (unaligned address, missing prerequisite). */
+export const KVM_EINVAL = -22n;
 
 /** VMCS field encodings (SDM Vol. 3 App. B) used with hypercall 1000/2/x. */
 export const VmcsField = { EPT_POINTER: 0x201a, GUEST_RFLAGS: 0x6820, HOST_RIP: 0x6c16 } as const;
