@@ -18,6 +18,8 @@ import { guestProgramPath } from '../../src/x86/programs';
 const MINUS_ONE = (1n << 64n) - 1n;
 /** Offset of XSTATE_BV (the XSAVE header's in-use bitmap) in a KVM_GET_XSAVE image. */
 const XSAVE_XSTATE_BV = 512;
+/** Offset of XMM0 in the legacy (FXSAVE) region of a KVM_GET_XSAVE image. */
+const XSAVE_XMM0 = 160;
 
 function probe(manager: ElisaManager, mode: number, arg = 0n, entry?: string): { guest: ElisaGuest; att: Attachment } {
   const guest = ElisaGuest.create('probe');
@@ -296,6 +298,29 @@ describe('emulated backend: apps, security and failures', function () {
       expect(words, `moveFpu ${moveFpu}`).to.deep.equal(moveFpu ? { fcw: FNINIT_FCW, fsw: 0 } : { fcw: HOST_FCW, fsw: HOST_FSW });
       // The guest's own state is the one its FNINIT made, in both cases.
       expect(x87Words(guest.vcpu.getXsave()), `guest after the run, moveFpu ${moveFpu}`).to.deep.equal({ fcw: FNINIT_FCW, fsw: 0 });
+    }
+  });
+
+  it('SSE state stays per context by default and moves with every switch under moveFpu (xmm0)', () => {
+    // As above with xmm0: the host puts HOST_XMM0 into the guest's xmm0 before attaching
+    // (as an XSAVE image, SSE marked in use), the guest loads probe_arg into xmm0 (MOVDQU,
+    // which KVM's emulator handles) and calls the sub entry probe_xmm0 (MOVDQU to memory).
+    const HOST_XMM0 = 0x0123_4567_89ab_cdefn;
+    const value = 0x1234_5678_9abc_def0n;
+    for (const moveFpu of [false, true]) {
+      using guest = ElisaGuest.create('probe');
+      setGuestU64(guest, 'probe_mode', 7n);
+      setGuestU64(guest, 'probe_arg', value);
+      const area = guest.vcpu.getXsave();
+      const v = new DataView(area.buffer, area.byteOffset, area.byteLength);
+      v.setBigUint64(XSAVE_XMM0, HOST_XMM0, true);
+      v.setBigUint64(XSAVE_XSTATE_BV, v.getBigUint64(XSAVE_XSTATE_BV, true) | 2n, true);
+      guest.vcpu.setXsave(area);
+      manager.attach(guest, { program: 'sub/probe', entry: 'probe_xmm0', moveFpu });
+      // Without moveFpu the sub context sees the xmm0 copied at attach, not the caller's.
+      expect(guest.run().result, `moveFpu ${moveFpu}`).to.equal(moveFpu ? value : HOST_XMM0);
+      const after = guest.vcpu.getXsave();
+      expect(new DataView(after.buffer, after.byteOffset).getBigUint64(XSAVE_XMM0, true), "the guest's own xmm0 after the run").to.equal(value);
     }
   });
 

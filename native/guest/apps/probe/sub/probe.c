@@ -8,6 +8,13 @@ volatile u64 probe_unmapped = 0x8;
 u64 probe_fault(void) { return *(volatile u64 *)probe_unmapped; }
 /* Never returns: the run's timeout must catch the guest inside the sub context. */
 u64 probe_spin(void) { for (;;) __asm__ volatile(""); }
+/* Returns the low 64 bits of xmm0 as this context sees them (FPU/SSE state tests). Through
+ * memory with MOVDQU, which KVM's emulator handles (MOVQ to a GPR it does not). */
+u64 probe_xmm0(void) {
+    u64 v[2];
+    __asm__ volatile("movdqu %%xmm0, %0" : "=m"(v));
+    return v[0];
+}
 /* Returns the x87 control word (low 16 bits) and status word (bits 16..31) as this
  * context sees them. FNSTCW m16 and FNSTSW m16 (no-wait forms) are among the few x87
  * instructions KVM's emulator handles (em_fnstcw, em_fnstsw), so this runs on hosts
