@@ -33,7 +33,7 @@ function main(argv: string[]): void {
   for (const line of formatBench(plain)) console.log(line);
   console.log('\n== --host-timing: JavaScript switch loop, every trip and switch also timed from the host');
   for (const line of formatBench(js)) console.log(line);
-  console.log('\n== --move-fpu: JavaScript loop plus KVM_GET_FPU + KVM_SET_FPU at every switch');
+  console.log('\n== --move-fpu: JavaScript loop plus KVM_GET_XSAVE + KVM_SET_XSAVE at every switch');
   for (const line of formatBench(fpu)) console.log(line);
   console.log(`\nmoving the FPU costs about ${((fpu.roundTrip.medianUs - js.roundTrip.medianUs) / 3).toFixed(1)} µs per switch ` +
     `(difference of the JS-loop round-trip medians / 3; baseline ratios ${js.ratio.toFixed(2)}x vs ${fpu.ratio.toFixed(2)}x)`);

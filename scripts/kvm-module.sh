@@ -2,7 +2,7 @@
 # Builds, installs and reports KVM modules (kvm.ko + kvm-intel.ko) carrying the
 # ELISA hypercalls (kernel-patch/README.md).
 #
-#   kvm-module.sh build     [--variant compat|hardened] [--kernel REL] [--out DIR] [--patch FILE]
+#   kvm-module.sh build     [--variant compat|hardened|stock] [--kernel REL] [--out DIR] [--patch FILE]
 #   kvm-module.sh install   [--variant compat|hardened] [--from DIR] [--dry-run]
 #   kvm-module.sh uninstall [--dry-run]
 #   kvm-module.sh status

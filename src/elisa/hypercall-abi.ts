@@ -108,7 +108,7 @@ export const KvmHcError = {
   EINVAL: 22,
   /** The CPU cannot switch EPTPs with VMFUNC, or KVM does not use EPT. */
   EOPNOTSUPP: 95,
-  /** Unknown hypercall, group or operation (also what stock KVM answers to 1000/1001). */
+  /** Unknown hypercall, group or operation; stock KVM answers 1000/1001 with this from CPL 0 (with EPERM from CPL 3). */
   ENOSYS: 1000,
 } as const;
 

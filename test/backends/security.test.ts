@@ -16,6 +16,10 @@ import { parseElf } from '../../src/x86/elf';
 import { guestProgramPath } from '../../src/x86/programs';
 
 const MINUS_ONE = (1n << 64n) - 1n;
+/** Offset of XSTATE_BV (the XSAVE header's in-use bitmap) in a KVM_GET_XSAVE image. */
+const XSAVE_XSTATE_BV = 512;
+/** Offset of XMM0 in the legacy (FXSAVE) region of a KVM_GET_XSAVE image. */
+const XSAVE_XMM0 = 160;
 
 function probe(manager: ElisaManager, mode: number, arg = 0n, entry?: string): { guest: ElisaGuest; att: Attachment } {
   const guest = ElisaGuest.create('probe');
@@ -258,25 +262,65 @@ describe('emulated backend: apps, security and failures', function () {
     });
   });
 
-  it('FPU/SSE state stays per context by default and moves with every switch under moveFpu', function () {
+  it('FPU state stays per context by default and moves with every switch under moveFpu (x87 control and status words)', () => {
+    // The host gives the guest's vCPU an x87 state FNINIT would never produce (round toward
+    // zero, single precision, TOP = 7, PE set) before attaching: the gate and sub VMs get a
+    // copy of it. The guest then executes FNINIT (0x037f, status 0) and enters the sub
+    // context, which reads both words with FNSTCW/FNSTSW. x87 rather than SSE because the
+    // KVM emulator (this project's hosts emulate every guest instruction) handles FNINIT,
+    // FNSTCW and FNSTSW but no SSE register move; the backend copies the whole XSAVE image
+    // (x87 and SSE alike). The state is set and read as an XSAVE image because KVM_SET_FPU
+    // does not mark x87 in use (the guest would still see 0x037f) and KVM_GET_FPU goes stale
+    // after FNINIT.
+    const HOST_FCW = 0x0c7f;
+    const HOST_FSW = 0x3820;
+    const FNINIT_FCW = 0x037f;
+    const x87Words = (area: Uint8Array) => {
+      const v = new DataView(area.buffer, area.byteOffset, area.byteLength);
+      // XSTATE_BV bit 0 clear: x87 is in its initial state, whatever the legacy region says
+      const inUse = (v.getBigUint64(XSAVE_XSTATE_BV, true) & 1n) !== 0n;
+      return inUse ? { fcw: v.getUint16(0, true), fsw: v.getUint16(2, true) } : { fcw: FNINIT_FCW, fsw: 0 };
+    };
+    for (const moveFpu of [false, true]) {
+      using guest = ElisaGuest.create('probe');
+      setGuestU64(guest, 'probe_mode', 9n);
+      const area = guest.vcpu.getXsave();
+      const v = new DataView(area.buffer, area.byteOffset, area.byteLength);
+      v.setUint16(0, HOST_FCW, true);
+      v.setUint16(2, HOST_FSW, true);
+      v.setBigUint64(XSAVE_XSTATE_BV, v.getBigUint64(XSAVE_XSTATE_BV, true) | 1n, true);
+      guest.vcpu.setXsave(area);
+      expect(x87Words(guest.vcpu.getXsave())).to.deep.equal({ fcw: HOST_FCW, fsw: HOST_FSW });
+      manager.attach(guest, { program: 'sub/probe', entry: 'probe_fpu_control', moveFpu });
+      const seen = guest.run().result!;
+      const words = { fcw: Number(seen & 0xffffn), fsw: Number((seen >> 16n) & 0xffffn) };
+      // Without moveFpu the sub context sees the state copied at attach, not the caller's.
+      expect(words, `moveFpu ${moveFpu}`).to.deep.equal(moveFpu ? { fcw: FNINIT_FCW, fsw: 0 } : { fcw: HOST_FCW, fsw: HOST_FSW });
+      // The guest's own state is the one its FNINIT made, in both cases.
+      expect(x87Words(guest.vcpu.getXsave()), `guest after the run, moveFpu ${moveFpu}`).to.deep.equal({ fcw: FNINIT_FCW, fsw: 0 });
+    }
+  });
+
+  it('SSE state stays per context by default and moves with every switch under moveFpu (xmm0)', () => {
+    // As above with xmm0: the host puts HOST_XMM0 into the guest's xmm0 before attaching
+    // (as an XSAVE image, SSE marked in use), the guest loads probe_arg into xmm0 (MOVDQU,
+    // which KVM's emulator handles) and calls the sub entry probe_xmm0 (MOVDQU to memory).
+    const HOST_XMM0 = 0x0123_4567_89ab_cdefn;
     const value = 0x1234_5678_9abc_def0n;
     for (const moveFpu of [false, true]) {
-      const guest = ElisaGuest.create('probe');
+      using guest = ElisaGuest.create('probe');
       setGuestU64(guest, 'probe_mode', 7n);
       setGuestU64(guest, 'probe_arg', value);
+      const area = guest.vcpu.getXsave();
+      const v = new DataView(area.buffer, area.byteOffset, area.byteLength);
+      v.setBigUint64(XSAVE_XMM0, HOST_XMM0, true);
+      v.setBigUint64(XSAVE_XSTATE_BV, v.getBigUint64(XSAVE_XSTATE_BV, true) | 2n, true);
+      guest.vcpu.setXsave(area);
       manager.attach(guest, { program: 'sub/probe', entry: 'probe_xmm0', moveFpu });
-      try {
-        // Without moveFpu the sub context sees the xmm0 copied at attach (0), not the caller's.
-        expect(guest.run().result).to.equal(moveFpu ? value : 0n);
-      } catch (err) {
-        // KVM hosts that emulate every guest instruction (this project's PVM machines)
-        // cannot emulate SSE moves at all: nothing to observe there.
-        if (err instanceof GuestUnexpectedExit && /suberror EMULATION\), instruction bytes 66480f6e/.test(err.message)) {
-          guest.dispose();
-          this.skip();
-        }
-        throw err;
-      } finally { guest.dispose(); }
+      // Without moveFpu the sub context sees the xmm0 copied at attach, not the caller's.
+      expect(guest.run().result, `moveFpu ${moveFpu}`).to.equal(moveFpu ? value : HOST_XMM0);
+      const after = guest.vcpu.getXsave();
+      expect(new DataView(after.buffer, after.byteOffset).getBigUint64(XSAVE_XMM0, true), "the guest's own xmm0 after the run").to.equal(value);
     }
   });
 

@@ -85,7 +85,7 @@ export interface BenchOptions {
   onProgress?: (done: number, total: number) => void;
   /** Bound on the run (default 10 minutes). */
   timeoutMs?: number;
-  /** Also move the FPU/SSE state at every switch (KVM_GET_FPU + KVM_SET_FPU; JavaScript loop). */
+  /** Also move the FPU/SSE state at every switch (KVM_GET_XSAVE + KVM_SET_XSAVE; JavaScript loop). */
   moveFpu?: boolean;
   /**
    * Time every trip and switch from the host too. This runs the backend's JavaScript

@@ -7,6 +7,8 @@ ELISA_GATE_DEFINE();
 
 volatile uint64_t probe_mode;
 volatile uint64_t probe_arg;
+/* Mode 7's 16-byte source for xmm0: probe_arg, then zero. */
+static uint64_t probe_xmm[2] __attribute__((aligned(16)));
 
 /* probe.S */
 long probe_vmfunc(uint64_t eax, uint64_t ecx);
@@ -65,8 +67,16 @@ int main(void) {
         move_cr3();
         r += elisa_gate_entry(10, 20, 30, 40, 50, 60);
         break;
-    case 7: /* xmm0 = probe_arg, then a plain call (the sub entry may read xmm0) */
-        __asm__ volatile("movq %0, %%xmm0" :: "r"((uint64_t)probe_arg)); /* no clobber: -mgeneral-regs-only code never uses xmm0 */
+    case 7: /* xmm0 = probe_arg (zero-extended), then a plain call (the sub entry may read
+             * xmm0). MOVDQU from memory: KVM's emulator handles MOVDQU but not MOVQ from a GPR. */
+        probe_xmm[0] = probe_arg;
+        probe_xmm[1] = 0;
+        __asm__ volatile("movdqu %0, %%xmm0" :: "m"(probe_xmm)); /* no clobber: -mgeneral-regs-only code never uses xmm0 */
+        r = elisa_gate_entry(0, 0, 0, 0, 0, 0);
+        break;
+    case 9: /* FNINIT (x87 control word 0x037f, status word 0), then a plain call (the sub
+             * entry may read them); FNINIT is emulated by KVM (em_fninit), unlike FLDCW */
+        __asm__ volatile("fninit");
         r = elisa_gate_entry(0, 0, 0, 0, 0, 0);
         break;
     default:

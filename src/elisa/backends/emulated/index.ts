@@ -168,7 +168,12 @@ class EmulatedAttachment implements BackendAttachment {
     const made: Vm[] = [];
     try {
       const cr3 = guestVcpu.getSregs().cr3 & ADDRESS_MASK;
-      const fpu = guestVcpu.getFpu();
+      // FPU/SSE state moves as a KVM_GET/SET_XSAVE image, not as kvm_fpu: KVM_SET_FPU writes
+      // the legacy region without marking the components in use (XSTATE_BV), so a component
+      // still in its initial state ignores the values on the next XRSTOR, and KVM_GET_FPU
+      // returns a stale legacy region for components the guest put back into their initial
+      // state (FNINIT). Measured on this project's KVM; the XSAVE image carries XSTATE_BV.
+      const fpu = guestVcpu.getXsave();
       const cpuid = machine.kvm.supportedCpuid();
       const makeContext = (name: 'gate' | 'sub'): Context => {
         const vm = machine.kvm.createVm();
@@ -178,7 +183,7 @@ class EmulatedAttachment implements BackendAttachment {
         slots.forEach((s, i) => vm.setUserMemoryRegion({ slot: i, guestPhysAddr: s.gpa, memory: manager.memory, offset: s.offset, size: s.size, readonly: s.readonly }));
         const vcpu = vm.createVcpu(0);
         vcpu.setCpuid2(cpuid); // the same CPU model in every context, as one physical CPU would be
-        vcpu.setFpu(fpu);
+        vcpu.setXsave(fpu); // after setCpuid2: KVM checks XSTATE_BV against the CPUID's XCR0 bits
         vcpu.sync.request(SyncRegs.REGS | SyncRegs.SREGS | SyncRegs.EVENTS);
         const ctx: Context = { name, vm, vcpu, ...syncViews(vcpu), sites: sitesOf(name), aptSlot: slots.length, ptRoot: contexts[name].ptRoot };
         this.#placeApt(ctx, cr3);
@@ -356,7 +361,7 @@ class EmulatedAttachment implements BackendAttachment {
     }
     if (target !== cur) {
       this.#moveState(cur, target);
-      if (this.#moveFpu) target.vcpu.setFpu(cur.vcpu.getFpu());
+      if (this.#moveFpu) target.vcpu.setXsave(cur.vcpu.getXsave()); // XSAVE image: see the attach-time copy
     }
     target.vcpu.sync.setReg('rip', rip + 3n);
     this.stats.switchesTo[target.name] = (this.stats.switchesTo[target.name] ?? 0) + 1;
