@@ -130,6 +130,8 @@ for v in $VARIANTS; do
     rm -rf "$d" && mv "$d.tmp" "$d"
   fi
   VARIANT_DIR[$v]=$d
+  # Keep one build per variant: older ones belong to older patches.
+  for old in "$CACHE"/modules-"$v"-*; do [ "$old" = "$d" ] || rm -rf "$old"; done
 done
 
 # --- guest probes of the in-host suite: assembled here (the emulated host has no binutils)
@@ -178,6 +180,7 @@ if [ ! -f "$ISO" ]; then
   mv "$ISO.tmp" "$ISO"
   rm -rf "$ird" "$isodir"
 fi
+for old in "$CACHE"/boot-*.iso; do [ "$old" = "$ISO" ] || rm -f "$old"; done
 
 # --- test disk: busybox, node + libraries, KVM modules, this package -------------------
 phase disk
