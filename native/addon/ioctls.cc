@@ -30,6 +30,9 @@ constexpr unsigned long kGetMsrFeatureIndexList = _IOWR(KVMIO, 0x0a, CMsrList);
 constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, CMsrs);
 constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, CMsrs);
 constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, CCpuid2);
+struct CXsave { uint32_t region[1024]; };              // C: struct kvm_xsave (4096 bytes; extra[] unused)
+constexpr unsigned long kGetXsave = _IOR(KVMIO, 0xa4, CXsave);
+constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, CXsave);
 
 // ioctl() retried on EINTR: none of these requests (KVM_RUN is elsewhere) has
 // meaningful partial progress, so a stray signal must not surface as an error.
@@ -135,6 +138,8 @@ Napi::Value Msrs(const Napi::CallbackInfo& info, bool set) {
   if (val.ElementLength() != n) ThrowRange(info.Env(), std::string(name) + ": indices and values differ in length");
   std::vector<uint8_t> mem(sizeof(CMsrs) + n * sizeof(kvm_msr_entry));
   auto* m = reinterpret_cast<CMsrs*>(mem.data());
+  // Safe: mem holds the C-layout header and n entries; idx/val have n elements
+  // (checked above) and the kernel returns at most n processed entries.
   auto* entries = reinterpret_cast<kvm_msr_entry*>(mem.data() + sizeof(CMsrs));
   m->nmsrs = static_cast<uint32_t>(n);
   for (size_t i = 0; i < n; i++) {
@@ -156,6 +161,7 @@ Napi::Value SetCpuid2(const Napi::CallbackInfo& info) {
   std::vector<uint8_t> mem(sizeof(CCpuid2) + b.length);
   auto* c = reinterpret_cast<CCpuid2*>(mem.data());
   c->nent = static_cast<uint32_t>(n);
+  // Safe: mem was sized for the header plus exactly b.length bytes of entries.
   memcpy(mem.data() + sizeof(CCpuid2), b.data, b.length);
   if (Ioctl(ArgFd(info, 0), kSetCpuid2, c) < 0) ThrowIoctlError(info.Env(), "KVM_SET_CPUID2", errno);
   return info.Env().Undefined();
@@ -222,6 +228,25 @@ Napi::Value Interrupt(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// copyExtendedState(srcFd, dstFd): moves the state KVM_CAP_SYNC_REGS does not
+// cover from one vCPU to another in one call: XCRs first (XCR0 decides which
+// XSAVE components are valid), then the XSAVE area (x87/SSE/AVX), then the
+// debug registers. Six ioctls; the structs live on this stack frame only.
+Napi::Value CopyExtendedState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int src = ArgFd(info, 0), dst = ArgFd(info, 1);
+  kvm_xcrs xcrs{};
+  CXsave xsave{};
+  kvm_debugregs dbg{};
+  if (Ioctl(src, KVM_GET_XCRS, &xcrs) < 0) ThrowIoctlError(env, "KVM_GET_XCRS", errno);
+  if (Ioctl(src, kGetXsave, &xsave) < 0) ThrowIoctlError(env, "KVM_GET_XSAVE", errno);
+  if (Ioctl(src, KVM_GET_DEBUGREGS, &dbg) < 0) ThrowIoctlError(env, "KVM_GET_DEBUGREGS", errno);
+  if (Ioctl(dst, KVM_SET_XCRS, &xcrs) < 0) ThrowIoctlError(env, "KVM_SET_XCRS", errno);
+  if (Ioctl(dst, kSetXsave, &xsave) < 0) ThrowIoctlError(env, "KVM_SET_XSAVE", errno);
+  if (Ioctl(dst, KVM_SET_DEBUGREGS, &dbg) < 0) ThrowIoctlError(env, "KVM_SET_DEBUGREGS", errno);
+  return env.Undefined();
+}
+
 // Sizes and offsets of the kernel structs as this compiler sees linux/kvm.h;
 // the TypeScript codecs are checked against them in the tests.
 Napi::Value Layout(const Napi::CallbackInfo& info) {
@@ -236,6 +261,9 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
   L("sizeof_kvm_translation", sizeof(kvm_translation));
   L("sizeof_kvm_guest_debug", sizeof(kvm_guest_debug));
   L("sizeof_kvm_cpuid_entry2", sizeof(kvm_cpuid_entry2));
+  L("sizeof_kvm_xsave", sizeof(CXsave));
+  L("sizeof_kvm_xcrs", sizeof(kvm_xcrs));
+  L("sizeof_kvm_debugregs", sizeof(kvm_debugregs));
   L("sizeof_kvm_run", sizeof(kvm_run));
   L("run_immediate_exit", offsetof(kvm_run, immediate_exit));
   L("run_exit_reason", offsetof(kvm_run, exit_reason));
@@ -336,6 +364,12 @@ Napi::Value Requests(const Napi::CallbackInfo& info) {
   R("KVM_SET_CPUID2", kSetCpuid2);
   R("KVM_INTERRUPT", KVM_INTERRUPT);
   R("KVM_NMI", KVM_NMI);
+  R("KVM_GET_XSAVE", kGetXsave);
+  R("KVM_SET_XSAVE", kSetXsave);
+  R("KVM_GET_XCRS", KVM_GET_XCRS);
+  R("KVM_SET_XCRS", KVM_SET_XCRS);
+  R("KVM_GET_DEBUGREGS", KVM_GET_DEBUGREGS);
+  R("KVM_SET_DEBUGREGS", KVM_SET_DEBUGREGS);
 #undef R
   return o;
 }
@@ -391,6 +425,13 @@ void InitIoctls(Napi::Env env, Napi::Object exports) {
   exports.Set("setCpuid2", Napi::Function::New(env, SetCpuid2));
   exports.Set("interrupt", Napi::Function::New(env, Interrupt));
   VALUE_IOCTL("nmi", KVM_NMI);
+  STRUCT_IOCTL("getXsave", kGetXsave, CXsave);
+  STRUCT_IOCTL("setXsave", kSetXsave, CXsave);
+  STRUCT_IOCTL("getXcrs", KVM_GET_XCRS, kvm_xcrs);
+  STRUCT_IOCTL("setXcrs", KVM_SET_XCRS, kvm_xcrs);
+  STRUCT_IOCTL("getDebugRegs", KVM_GET_DEBUGREGS, kvm_debugregs);
+  STRUCT_IOCTL("setDebugRegs", KVM_SET_DEBUGREGS, kvm_debugregs);
+  exports.Set("copyExtendedState", Napi::Function::New(env, CopyExtendedState));
 }
 
 }  // namespace elisa

@@ -150,6 +150,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
 
  private:
   // One KVM_RUN on the calling thread. `timer` is armed for timeoutMs when >= 0.
+  // Touching run_ is safe: the mapping is pinned (munmap from JS refused) and
+  // only close() unmaps it, after joining the worker; callers check closed_.
   RunResult RunOnce(ThreadTimer* timer, double timeoutMs) {
     tls.run = run_;
     tls.timerFired = 0;

@@ -4,6 +4,7 @@
 
 /** struct kvm_run field offsets. The exit union starts at 32. */
 export const KvmRun = {
+  request_interrupt_window: 0,
   immediate_exit: 1,
   exit_reason: 8,
   ready_for_interrupt_injection: 12,
@@ -37,4 +38,7 @@ export const Sizeof = {
   kvm_translation: 24,
   kvm_guest_debug: 72,
   kvm_cpuid_entry2: 40,
+  kvm_xsave: 4096,
+  kvm_xcrs: 392,
+  kvm_debugregs: 128,
 } as const;

@@ -212,8 +212,10 @@ export class GuestMemory implements Disposable {
     }
   }
 
+  /** Same as dispose(), for `using`. */
   [Symbol.dispose](): void { this.dispose(); }
 
+  /** E.g. 'GuestMemory(memfd, 2 MiB)', as used in messages. */
   toString(): string {
     return `GuestMemory(${this.kind}, ${this.size >= 1024 * 1024 ? `${this.size / 1024 / 1024} MiB` : `${this.size / 1024} KiB`})`;
   }

@@ -24,6 +24,7 @@ export interface NativeVcpuRunner {
   close(): void;
 }
 
+/** The addon's exports (native/addon/*.cc). */
 export interface NativeAddon {
   setErrorClasses(kvmError: typeof KvmError, hostError: typeof HostError): void;
   layout(): Record<string, number>;
@@ -63,6 +64,13 @@ export interface NativeAddon {
   setCpuid2(fd: number, entries: Uint8Array): void;
   interrupt(fd: number, irq: number): void;
   nmi(fd: number): number;
+  getXsave(fd: number, buf: Uint8Array): void;
+  setXsave(fd: number, buf: Uint8Array): void;
+  getXcrs(fd: number, buf: Uint8Array): void;
+  setXcrs(fd: number, buf: Uint8Array): void;
+  getDebugRegs(fd: number, buf: Uint8Array): void;
+  setDebugRegs(fd: number, buf: Uint8Array): void;
+  copyExtendedState(srcFd: number, dstFd: number): void;
   // memory
   pageSize(): number;
   memfdCreate(name: string, hugetlb: boolean): number;

@@ -255,3 +255,38 @@ export function encodeCpuidEntries(entries: readonly CpuidEntry[]): Uint8Array {
   });
   return bytes;
 }
+
+/** One extended control register (struct kvm_xcr), e.g. XCR0 = { xcr: 0, value }. */
+export interface Xcr { xcr: number; value: bigint }
+
+/** Reads struct kvm_xcrs (nr_xcrs entries). */
+export function decodeXcrs(v: DataView, off = 0): Xcr[] {
+  const n = Math.min(v.getUint32(off, true), 16);
+  return Array.from({ length: n }, (_, i) => ({ xcr: v.getUint32(off + 8 + 16 * i, true), value: v.getBigUint64(off + 16 + 16 * i, true) }));
+}
+
+/** Writes struct kvm_xcrs (at most 16 entries, flags 0). */
+export function encodeXcrs(v: DataView, xcrs: readonly Xcr[], off = 0): void {
+  if (xcrs.length > 16) throw new RangeError(`at most 16 XCRs (KVM_MAX_XCRS), got ${xcrs.length}`);
+  for (let i = 0; i < Sizeof.kvm_xcrs; i++) v.setUint8(off + i, 0);
+  v.setUint32(off, xcrs.length, true);
+  xcrs.forEach((x, i) => {
+    v.setUint32(off + 8 + 16 * i, x.xcr >>> 0, true);
+    v.setBigUint64(off + 16 + 16 * i, BigInt.asUintN(64, x.value), true);
+  });
+}
+
+/** struct kvm_debugregs: DR0-DR3, DR6, DR7. */
+export interface DebugRegs { db: [bigint, bigint, bigint, bigint]; dr6: bigint; dr7: bigint; flags: bigint }
+
+/** Reads struct kvm_debugregs. */
+export function decodeDebugRegs(v: DataView, off = 0): DebugRegs {
+  const q = (i: number) => v.getBigUint64(off + 8 * i, true);
+  return { db: [q(0), q(1), q(2), q(3)], dr6: q(4), dr7: q(5), flags: q(6) };
+}
+
+/** Writes struct kvm_debugregs (reserved words zeroed). */
+export function encodeDebugRegs(v: DataView, d: DebugRegs, off = 0): void {
+  for (let i = 0; i < Sizeof.kvm_debugregs; i++) v.setUint8(off + i, 0);
+  [...d.db, d.dr6, d.dr7, d.flags].forEach((x, i) => v.setBigUint64(off + 8 * i, BigInt.asUintN(64, x), true));
+}

@@ -16,8 +16,16 @@ const REG_OFFSET = new Map<keyof Regs, number>(REG_NAMES.map((n, i) => [n, KvmRu
 export class SyncRegsView {
   #valid = 0;
 
-  /** @internal Created by Vcpu; `supported` is KVM_CHECK_EXTENSION(KVM_CAP_SYNC_REGS). */
-  constructor(readonly view: DataView, readonly supported: number, private readonly owner: string) {}
+  /**
+   * @internal Created by Vcpu; `supported` is KVM_CHECK_EXTENSION(KVM_CAP_SYNC_REGS),
+   * `isRunning` says whether KVM currently owns kvm_run (a runAsync in flight).
+   */
+  constructor(readonly view: DataView, readonly supported: number, private readonly owner: string,
+    private readonly isRunning: () => boolean = () => false) {}
+
+  #idle(): void {
+    if (this.isRunning()) throw new Error(`${this.owner} is running (runAsync in flight): kvm_run's synced registers belong to KVM until the run ends`);
+  }
 
   /** The areas KVM stores at each exit (kvm_run.kvm_valid_regs). */
   get requested(): number { return this.view.getUint32(KvmRun.kvm_valid_regs, true); } // every defined bit is in the low word
@@ -27,6 +35,7 @@ export class SyncRegsView {
    * on. Contents become valid after the next run.
    */
   request(mask: number): void {
+    this.#idle();
     if ((mask & ~SYNC_REGS_ALL) !== 0 || (mask & ~this.supported) !== 0) {
       throw new RangeError(`${this.owner}: sync regs mask 0x${mask.toString(16)} not supported (KVM_CAP_SYNC_REGS = 0x${this.supported.toString(16)})`);
     }
@@ -48,11 +57,13 @@ export class SyncRegsView {
 
   /** Marks areas to be loaded at the next run. They must be valid (else KVM would load stale bytes). */
   markDirty(mask: number): void {
+    this.#idle();
     this.#requireValid(mask);
     this.view.setBigUint64(KvmRun.kvm_dirty_regs, BigInt(this.dirty | mask), true);
   }
 
   #requireValid(mask: number): void {
+    this.#idle();
     const missing = mask & ~this.#valid;
     if (missing) {
       const names = [SyncRegs.REGS, SyncRegs.SREGS, SyncRegs.EVENTS].filter((b) => missing & b).map((b) => SyncRegs[b]);

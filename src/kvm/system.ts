@@ -93,5 +93,6 @@ export class Kvm implements Disposable {
     this.#fd = -1;
   }
 
+  /** Same as dispose(), for `using`. */
   [Symbol.dispose](): void { this.dispose(); }
 }

@@ -19,9 +19,9 @@ import { decodeExit, type Exit } from './exit';
 import { KvmRun, Sizeof } from './layout';
 import { native, type NativeVcpuRunner } from './native';
 import {
-  decodeFpu, decodeRegs, decodeSregs, decodeTranslation, decodeVcpuEvents, encodeCpuidEntries, encodeFpu,
-  encodeRegs, encodeSregs, encodeVcpuEvents, type CpuidEntry, type Fpu, type Regs, type Sregs, type Translation,
-  type VcpuEvents,
+  decodeDebugRegs, decodeFpu, decodeRegs, decodeSregs, decodeTranslation, decodeVcpuEvents, decodeXcrs,
+  encodeCpuidEntries, encodeDebugRegs, encodeFpu, encodeRegs, encodeSregs, encodeVcpuEvents, encodeXcrs,
+  type CpuidEntry, type DebugRegs, type Fpu, type Regs, type Sregs, type Translation, type VcpuEvents, type Xcr,
 } from './structs';
 import { SyncRegsView } from './sync-regs';
 import { readMsrs } from './msrs';
@@ -57,7 +57,7 @@ export class Vcpu implements Disposable {
   #runner: NativeVcpuRunner | undefined;
   readonly #onDispose: () => void;
   readonly #runView: DataView;
-  readonly #scratch = new Uint8Array(Sizeof.kvm_fpu);  // big enough for every fixed struct
+  readonly #scratch = new Uint8Array(Sizeof.kvm_xsave);  // big enough for every fixed struct
   readonly #scratchView = new DataView(this.#scratch.buffer);
   /** The KVM_CAP_SYNC_REGS areas of this vCPU's kvm_run. */
   readonly sync: SyncRegsView;
@@ -74,7 +74,7 @@ export class Vcpu implements Disposable {
     this.#fd = fd;
     this.#onDispose = onDispose;
     this.#runView = new DataView(runBuffer);
-    this.sync = new SyncRegsView(this.#runView, vm.kvm.checkExtension(Cap.SYNC_REGS), `Vcpu ${id}`);
+    this.sync = new SyncRegsView(this.#runView, vm.kvm.checkExtension(Cap.SYNC_REGS), `Vcpu ${id}`, () => this.running);
     fdRegistry.register(this, fd, this);
   }
 
@@ -86,6 +86,19 @@ export class Vcpu implements Disposable {
 
   /** True once dispose() ran. */
   get disposed(): boolean { return this.#fd < 0; }
+
+  /**
+   * The fd for a state ioctl. Refused while a runAsync() is in flight: KVM holds
+   * the vCPU mutex during KVM_RUN, so the ioctl would block the JS thread until
+   * the guest exits (forever, for a guest spinning without a timeout).
+   */
+  #idleFd(): number {
+    const fd = this.fd;
+    if (this.#runner?.isRunning()) {
+      throw new Error(`Vcpu ${this.id} is running (runAsync in flight): its state belongs to KVM until the run ends; await it or kick() it first`);
+    }
+    return fd;
+  }
 
   /**
    * A DataView over this vCPU's kvm_run mapping (no copy). Valid until dispose(),
@@ -102,7 +115,7 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_REGS (or the pending KVM_CAP_SYNC_REGS copy if one is marked dirty). */
   getRegs(): Regs {
-    const fd = this.fd;
+    const fd = this.#idleFd();
     if (this.sync.dirty & SyncRegs.REGS) return decodeRegs(this.#runView, KvmRun.sync_regs);
     native.getRegs(fd, this.#struct(Sizeof.kvm_regs));
     return decodeRegs(this.#scratchView);
@@ -112,7 +125,7 @@ export class Vcpu implements Disposable {
   setRegs(regs: Regs): void {
     const b = this.#struct(Sizeof.kvm_regs);
     encodeRegs(this.#scratchView, regs);
-    native.setRegs(this.fd, b);
+    native.setRegs(this.#idleFd(), b);
     this.sync.writeThrough(SyncRegs.REGS, b);
   }
 
@@ -125,7 +138,7 @@ export class Vcpu implements Disposable {
 
   /** KVM_GET_SREGS (or the pending synced copy). */
   getSregs(): Sregs {
-    const fd = this.fd;
+    const fd = this.#idleFd();
     if (this.sync.dirty & SyncRegs.SREGS) return decodeSregs(this.#runView, KvmRun.sync_sregs);
     native.getSregs(fd, this.#struct(Sizeof.kvm_sregs));
     return decodeSregs(this.#scratchView);
@@ -135,25 +148,25 @@ export class Vcpu implements Disposable {
   setSregs(sregs: Sregs): void {
     const b = this.#struct(Sizeof.kvm_sregs);
     encodeSregs(this.#scratchView, sregs);
-    native.setSregs(this.fd, b);
+    native.setSregs(this.#idleFd(), b);
     this.sync.writeThrough(SyncRegs.SREGS, b);
   }
 
   /** KVM_GET_FPU. */
   getFpu(): Fpu {
-    native.getFpu(this.fd, this.#struct(Sizeof.kvm_fpu));
+    native.getFpu(this.#idleFd(), this.#struct(Sizeof.kvm_fpu));
     return decodeFpu(this.#scratchView);
   }
 
   /** KVM_SET_FPU. */
   setFpu(fpu: Fpu): void {
     encodeFpu(this.#scratchView, fpu);
-    native.setFpu(this.fd, this.#struct(Sizeof.kvm_fpu));
+    native.setFpu(this.#idleFd(), this.#struct(Sizeof.kvm_fpu));
   }
 
   /** KVM_GET_VCPU_EVENTS (or the pending synced copy). */
   getVcpuEvents(): VcpuEvents {
-    const fd = this.fd;
+    const fd = this.#idleFd();
     if (this.sync.dirty & SyncRegs.EVENTS) return decodeVcpuEvents(this.#runView, KvmRun.sync_events);
     native.getVcpuEvents(fd, this.#struct(Sizeof.kvm_vcpu_events));
     return decodeVcpuEvents(this.#scratchView);
@@ -163,32 +176,81 @@ export class Vcpu implements Disposable {
   setVcpuEvents(events: VcpuEvents): void {
     const b = this.#struct(Sizeof.kvm_vcpu_events);
     encodeVcpuEvents(this.#scratchView, events);
-    native.setVcpuEvents(this.fd, b);
+    native.setVcpuEvents(this.#idleFd(), b);
     this.sync.writeThrough(SyncRegs.EVENTS, b);
   }
 
+  /**
+   * KVM_GET_XSAVE: the 4 KiB XSAVE area (legacy FXSAVE region, XSAVE header,
+   * extended components at their CPUID-enumerated offsets), as a copy.
+   */
+  getXsave(): Uint8Array {
+    native.getXsave(this.#idleFd(), this.#struct(Sizeof.kvm_xsave));
+    return this.#scratch.slice(0, Sizeof.kvm_xsave);
+  }
+
+  /** KVM_SET_XSAVE from a 4096-byte XSAVE area (e.g. one returned by getXsave). */
+  setXsave(area: Uint8Array): void {
+    if (area.length !== Sizeof.kvm_xsave) throw new RangeError(`XSAVE area must be ${Sizeof.kvm_xsave} bytes, got ${area.length}`);
+    native.setXsave(this.#idleFd(), area);
+  }
+
+  /** KVM_GET_XCRS: the extended control registers (XCR0). */
+  getXcrs(): Xcr[] {
+    native.getXcrs(this.#idleFd(), this.#struct(Sizeof.kvm_xcrs));
+    return decodeXcrs(this.#scratchView);
+  }
+
+  /** KVM_SET_XCRS. */
+  setXcrs(xcrs: readonly Xcr[]): void {
+    encodeXcrs(this.#scratchView, xcrs);
+    native.setXcrs(this.#idleFd(), this.#struct(Sizeof.kvm_xcrs));
+  }
+
+  /** KVM_GET_DEBUGREGS: DR0-DR3, DR6, DR7. */
+  getDebugRegs(): DebugRegs {
+    native.getDebugRegs(this.#idleFd(), this.#struct(Sizeof.kvm_debugregs));
+    return decodeDebugRegs(this.#scratchView);
+  }
+
+  /** KVM_SET_DEBUGREGS. */
+  setDebugRegs(regs: DebugRegs): void {
+    encodeDebugRegs(this.#scratchView, regs);
+    native.setDebugRegs(this.#idleFd(), this.#struct(Sizeof.kvm_debugregs));
+  }
+
+  /**
+   * Copies what KVM_CAP_SYNC_REGS does not carry — XCRs, the XSAVE area
+   * (x87/SSE/AVX) and the debug registers — to `target`, in one native call
+   * (six ioctls). Together with copySyncedStateTo this moves a vCPU's
+   * architectural state except MSRs outside sregs, which getMsrs/setMsrs move.
+   */
+  copyExtendedStateTo(target: Vcpu): void {
+    native.copyExtendedState(this.#idleFd(), target.#idleFd());
+  }
+
   /** KVM_GET_MSRS; throws naming the first MSR KVM refuses. */
-  getMsrs(indices: readonly number[]): bigint[] { return readMsrs(this.fd, indices, `Vcpu ${this.id}`); }
+  getMsrs(indices: readonly number[]): bigint[] { return readMsrs(this.#idleFd(), indices, `Vcpu ${this.id}`); }
 
   /** KVM_SET_MSRS; throws naming the first MSR KVM refuses. */
   setMsrs(entries: readonly { index: number; value: bigint }[]): void {
     const idx = Uint32Array.from(entries, (e) => e.index);
     const values = BigUint64Array.from(entries, (e) => BigInt.asUintN(64, e.value));
-    const n = native.setMsrs(this.fd, idx, values);
+    const n = native.setMsrs(this.#idleFd(), idx, values);
     if (n < idx.length) {
       throw new Error(`KVM_SET_MSRS on Vcpu ${this.id}: MSR 0x${idx[n].toString(16)} = 0x${values[n].toString(16)} was refused (the kernel stopped after ${n} of ${idx.length})`);
     }
   }
 
   /** KVM_SET_CPUID2: the CPUID the guest sees (typically from Kvm.supportedCpuid()). */
-  setCpuid2(entries: readonly CpuidEntry[]): void { native.setCpuid2(this.fd, encodeCpuidEntries(entries)); }
+  setCpuid2(entries: readonly CpuidEntry[]): void { native.setCpuid2(this.#idleFd(), encodeCpuidEntries(entries)); }
 
   /** KVM_TRANSLATE: walks the guest's current page tables for a guest-virtual address. */
   translate(linearAddress: bigint | number): Translation {
     const b = this.#struct(Sizeof.kvm_translation);
     b.fill(0);
     this.#scratchView.setBigUint64(0, BigInt.asUintN(64, BigInt(linearAddress)), true);
-    native.translate(this.fd, b);
+    native.translate(this.#idleFd(), b);
     return decodeTranslation(this.#scratchView);
   }
 
@@ -203,17 +265,17 @@ export class Vcpu implements Disposable {
     b.fill(0);
     this.#scratchView.setUint32(0, control, true);
     regs.forEach((r, i) => this.#scratchView.setBigUint64(8 + 8 * i, BigInt.asUintN(64, r), true));
-    native.setGuestDebug(this.fd, b);
+    native.setGuestDebug(this.#idleFd(), b);
   }
 
   /** KVM_INTERRUPT: queue external interrupt `vector` (userspace irqchip only). */
   interrupt(vector: number): void {
     if (!Number.isInteger(vector) || vector < 0 || vector > 255) throw new RangeError(`interrupt vector must be 0..255, got ${vector}`);
-    native.interrupt(this.fd, vector);
+    native.interrupt(this.#idleFd(), vector);
   }
 
   /** KVM_NMI: queue a non-maskable interrupt. */
-  nmi(): void { native.nmi(this.fd); }
+  nmi(): void { native.nmi(this.#idleFd()); }
 
   /** KVM_ENABLE_CAP on the vCPU fd. */
   enableCap(cap: Cap, args: readonly (bigint | number)[] = [], flags = 0): void {
@@ -221,7 +283,7 @@ export class Vcpu implements Disposable {
     if (args.length > 4) throw new RangeError(`KVM_ENABLE_CAP takes at most 4 arguments, got ${args.length}`);
     const a = new BigUint64Array(4);
     args.forEach((x, i) => { a[i] = BigInt(x); });
-    native.enableCap(this.fd, cap, flags, a);
+    native.enableCap(this.#idleFd(), cap, flags, a);
   }
 
   // ---- execution --------------------------------------------------------------
@@ -284,6 +346,19 @@ export class Vcpu implements Disposable {
     return decodeExit(this.#runView, reason === ExitReason.INTR ? r.lastInterruptCause() : InterruptCause.NONE);
   }
 
+  // ---- kvm_run fields for userspace interrupt injection (KVM_INTERRUPT) ------------
+
+  /** kvm_run.request_interrupt_window: ask for an IRQ_WINDOW_OPEN exit when the guest can take an interrupt. */
+  set requestInterruptWindow(on: boolean) { this.runView.setUint8(KvmRun.request_interrupt_window, on ? 1 : 0); }
+  /** Whether an interrupt-window exit is requested. */
+  get requestInterruptWindow(): boolean { return this.runView.getUint8(KvmRun.request_interrupt_window) !== 0; }
+
+  /** kvm_run.ready_for_interrupt_injection after the last exit. */
+  get readyForInterruptInjection(): boolean { return this.runView.getUint8(KvmRun.ready_for_interrupt_injection) !== 0; }
+
+  /** kvm_run.if_flag: the guest's RFLAGS.IF at the last exit. */
+  get interruptFlag(): boolean { return this.runView.getUint8(KvmRun.if_flag) !== 0; }
+
   /** True while a runAsync() is in flight. */
   get running(): boolean { return this.#runner?.isRunning() ?? false; }
 
@@ -317,5 +392,6 @@ export class Vcpu implements Disposable {
     this.#onDispose();
   }
 
+  /** Same as dispose(), for `using`. */
   [Symbol.dispose](): void { this.dispose(); }
 }

@@ -247,5 +247,6 @@ export class Vm implements Disposable, MemoryUser {
     this.#onDispose();
   }
 
+  /** Same as dispose(), for `using`. */
   [Symbol.dispose](): void { this.dispose(); }
 }

@@ -122,6 +122,20 @@ describe('execution', function () {
       }
     });
 
+    it('state ioctls and synced registers are refused while a run is in flight (they would block the JS thread)', async function () {
+      using g = realModeGuest(SPIN_THEN_ENTRY);
+      g.vcpu.sync.request(1);
+      const p = g.vcpu.runAsync();
+      expect(() => g.vcpu.getRegs()).to.throw(/Vcpu 0 is running \(runAsync in flight\)/);
+      expect(() => g.vcpu.setSregs(g.vcpu.getSregs())).to.throw(/is running/);
+      expect(() => g.vcpu.nmi()).to.throw(/is running/);
+      expect(() => g.vcpu.sync.request(0)).to.throw(/is running/);
+      expect(() => g.vcpu.sync.getReg('rip')).to.throw(/is running/);
+      g.vcpu.kick();
+      await p;
+      expect(g.vcpu.sync.getReg('rip')).to.equal(g.vcpu.getRegs().rip);
+    });
+
     it('returns ordinary exits, and refuses a second run while one is in flight', async function () {
       using g = realModeGuest('mov $0x41, %al; out %al, $0x10; hlt');
       const p = g.vcpu.runAsync({ timeoutMs: 2000 });

@@ -32,7 +32,7 @@ describe('struct layouts and ioctl numbers', function () {
 
   it('kvm_run offsets in layout.ts match offsetof() in C', function () {
     const fields: Record<keyof typeof KvmRun, string> = {
-      immediate_exit: 'immediate_exit', exit_reason: 'exit_reason', ready_for_interrupt_injection: 'ready_for_interrupt_injection',
+      request_interrupt_window: 'request_interrupt_window', immediate_exit: 'immediate_exit', exit_reason: 'exit_reason', ready_for_interrupt_injection: 'ready_for_interrupt_injection',
       if_flag: 'if_flag', flags: 'flags', cr8: 'cr8', apic_base: 'apic_base',
       io_direction: 'io.direction', io_size: 'io.size', io_port: 'io.port', io_count: 'io.count', io_data_offset: 'io.data_offset',
       mmio_phys_addr: 'mmio.phys_addr', mmio_data: 'mmio.data', mmio_len: 'mmio.len', mmio_is_write: 'mmio.is_write',

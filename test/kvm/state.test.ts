@@ -3,7 +3,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import {
-  decodeRegs, decodeSregs, decodeVcpuEvents, encodeRegs, encodeSregs, encodeVcpuEvents, Kvm, REG_NAMES, Sizeof,
+  decodeRegs, decodeSregs, decodeVcpuEvents, encodeRegs, encodeSregs, encodeVcpuEvents, Kvm, KvmError, REG_NAMES, Sizeof,
   type Regs, type Segment, type Sregs, type VcpuEvents,
 } from '../../src/kvm/index';
 import { requireKvm } from '../support/kvm';
@@ -104,6 +104,29 @@ describe('vCPU state', function () {
     expect([...back.xmm[2]]).to.deep.equal(new Array(16).fill(0));
   });
 
+  it('XCRs, XSAVE area and debug registers round-trip; copyExtendedStateTo moves them to another VM\'s vCPU', function () {
+    using a = longModeGuest('hlt');
+    using b = longModeGuest('hlt');
+    for (const v of [a.vcpu, b.vcpu]) v.setCpuid2(a.kvm.supportedCpuid()); // XCR0 may only enable what CPUID offers
+    expect(a.vcpu.getXcrs()).to.deep.equal([{ xcr: 0, value: 1n }]); // reset value: x87 only
+    a.vcpu.setXcrs([{ xcr: 0, value: 3n }]); // x87 | SSE
+    a.vcpu.setDebugRegs({ db: [0x1000n, 0x2000n, 0x3000n, 0x4000n], dr6: 0xffff0ff0n, dr7: 0x401n, flags: 0n });
+    // XMM7 lives at byte 160 + 7*16 of the legacy region; XSTATE_BV (byte 512) bit 1 marks SSE state present.
+    const area = a.vcpu.getXsave();
+    expect(area.length).to.equal(4096);
+    area.set(Array.from({ length: 16 }, (_, i) => 0xa0 + i), 160 + 7 * 16);
+    area[512] |= 0x3;
+    a.vcpu.setXsave(area);
+    expect([...a.vcpu.getFpu().xmm[7]], 'XMM7 through KVM_GET_FPU').to.deep.equal(Array.from({ length: 16 }, (_, i) => 0xa0 + i));
+    a.vcpu.copyExtendedStateTo(b.vcpu);
+    expect(b.vcpu.getXcrs()).to.deep.equal([{ xcr: 0, value: 3n }]);
+    expect([...b.vcpu.getXsave().subarray(0, 576)]).to.deep.equal([...a.vcpu.getXsave().subarray(0, 576)]);
+    const d = b.vcpu.getDebugRegs();
+    expect([d.db, d.dr7]).to.deep.equal([[0x1000n, 0x2000n, 0x3000n, 0x4000n], 0x401n]);
+    expect(() => a.vcpu.setXsave(new Uint8Array(100))).to.throw(RangeError, /4096 bytes/);
+    expect(() => a.vcpu.setXcrs([{ xcr: 0, value: 0n }])).to.throw(KvmError).with.property('ioctl', 'KVM_SET_XCRS'); // x87 bit is mandatory
+  });
+
   it('MSRs: a written MSR reads back; the guest rdmsr sees it', function () {
     using g = longModeGuest('mov $0x175, %ecx; rdmsr; hlt'); // IA32_SYSENTER_ESP
     g.vcpu.setMsrs([{ index: 0x175, value: 0x7654_3210_f000n }]); // canonical: KVM drops bits 48+
@@ -151,5 +174,29 @@ describe('vCPU state', function () {
     g.vcpu.setVcpuEvents(e);
     const back = g.vcpu.getVcpuEvents();
     expect([back.nmi.pending, back.interrupt.injected]).to.deep.equal([false, false]);
+  });
+});
+
+describe('userspace interrupt injection', function () {
+  before(function () { requireKvm(this); });
+
+  it('an interrupt injected with KVM_INTERRUPT runs the guest handler from the IVT (real mode)', function () {
+    // IVT entry 0x20 -> handler at 0:0x1100 which reports on port 0x21; the main
+    // code enables interrupts and spins.
+    using g = realModeGuest(`
+      movw $0x1100, 0x80
+      movw $0, 0x82
+      sti
+    1: jmp 1b
+    .org 0x100
+      mov $0x42, %al; out %al, $0x21; hlt`);
+    // Let the guest reach the spin with IF=1.
+    const e0 = g.vcpu.run({ timeoutMs: 30 });
+    expect(e0.kind === 'intr' && e0.timedOut).to.equal(true);
+    expect(g.vcpu.interruptFlag).to.equal(true);
+    expect(g.vcpu.readyForInterruptInjection).to.equal(true);
+    g.vcpu.interrupt(0x20);
+    const e = g.vcpu.run({ timeoutMs: 2000 });
+    expect(e.kind === 'io' && [e.port, e.data[0]]).to.deep.equal([0x21, 0x42]);
   });
 });

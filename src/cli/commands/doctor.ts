@@ -231,6 +231,7 @@ export function formatDoctorReport(r: DoctorReport): string {
   return out.join('\n');
 }
 
+/** The `elisa doctor` command. */
 export const doctor: CliCommand = {
   name: 'doctor',
   summary: 'what this host offers for ELISA (KVM, CPU features, backends) and why',
