@@ -69,7 +69,7 @@ export function readGuestU64s(guest: GuestMachine, symbol: string, count: number
 export function runApp(app: AppName, options: AppOptions = {}): AppReport {
   const { backend, why } = selectBackend(options.backend ?? 'auto');
   const timeoutMs = options.timeoutMs ?? 30_000;
-  using manager = ElisaManager.create({ arenaPages: 1024 });
+  using manager = ElisaManager.create({ arenaPages: 1024, backend });
   const base = { app, backend: backend.name, backendWhy: why };
   switch (app) {
     case 'nop': {
