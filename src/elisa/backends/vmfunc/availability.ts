@@ -108,11 +108,8 @@ export function detectVmfunc(options: DetectOptions = {}): VmfuncDetection {
       reason: `the CPU (${vendor}) exposes no VMX to this kernel, so VMFUNC EPTP switching does not exist here` +
         (flags.includes('svm') ? ' (AMD SVM has no VMFUNC)' : '') };
   }
-  const vmxFlags = /^vmx flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.trim().split(/\s+/);
-  if (vmxFlags && vmxFlags.length > 0 && !vmxFlags.includes('vmfunc') && !vmxFlags.includes('ept_vmfunc')) {
-    // The kernel lists VM functions in "vmx flags" when the CPU has them.
-    return { ...base, available: false, eptpSwitching: false, reason: 'the CPU has VMX but its "vmx flags" list no VM functions (vmfunc)' };
-  }
+  // No test of /proc/cpuinfo's "vmx flags": Linux lists neither VM functions nor EPTP
+  // switching there (their names are hidden), so only the MSRs can tell.
   const paramsDir = options.kvmIntelParameters ?? '/sys/module/kvm_intel/parameters';
   if (options.kvmIntelParameters === undefined && !existsSync('/sys/module/kvm_intel')) {
     return { ...base, available: false, reason: 'kvm_intel is not loaded' };
