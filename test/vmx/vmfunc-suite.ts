@@ -5,10 +5,9 @@
 // run once per ELISA variant by vmfunc-1-compat.vmx.ts and vmfunc-2-hardened.vmx.ts.
 import { expect } from 'chai';
 import {
-  detectVmfunc, diffCounters, ElisaCall, hypercallOn, KvmHcError, ManagerVm, VmcsField, VmfuncBackend,
+  detectVmfunc, diffCounters, ElisaCall, hypercallOn, KvmHcError, ManagerVm, readExitCounters, VmcsField, VmfuncBackend,
   type ElisaVariant, type ExitCounters,
 } from '../../src/elisa/backends/vmfunc';
-import { readFileSync } from 'node:fs';
 import { ElisaManager, GuestMachine } from '../../src/elisa/host';
 import { argsExpected, readGuestU64s, runApp, setGuestU64 } from '../../src/elisa/host/apps';
 import { GuestMemory } from '../../src/kvm';
@@ -20,12 +19,8 @@ const MINUS_ONE = (1n << 64n) - 1n;
 /** Round trips of the exit-counting bench run (Node is ~70x slower in Bochs: keep it small). */
 const BENCH_TRIPS = 300;
 
-/** Per-VM counters including first-touch EPT faults (pf_taken), from debugfs. */
-function counters(guest: GuestMachine): ExitCounters & { pfTaken: bigint } {
-  const dir = `/sys/kernel/debug/kvm/${process.pid}-${guest.vm.fd}`;
-  const read = (n: string): bigint => BigInt(readFileSync(`${dir}/${n}`, 'utf8').trim());
-  return { exits: read('exits'), irqExits: read('irq_exits'), ioExits: read('io_exits'), hypercalls: read('hypercalls'), pfTaken: read('pf_taken') };
-}
+/** KVM's per-VM exit counters of the guest (debugfs). */
+const counters = (guest: GuestMachine): ExitCounters => readExitCounters(guest.vm);
 
 /** Registers the whole suite for one variant. */
 export function vmfuncSuite(variant: ElisaVariant): void {
@@ -68,7 +63,7 @@ export function vmfuncSuite(variant: ElisaVariant): void {
       // The PIO exit that follows each trip is the one place the host sees the guest
       // between trips: read KVM's counters there; between two PIO exits lie exactly one
       // round trip and one PIO exit.
-      const samples: ReturnType<typeof counters>[] = [];
+      const samples: ExitCounters[] = [];
       let progressInLoop = 0; // the guest reports progress (port 0x5f2) every 256 trips: one more I/O exit
       const ports = new Map<number, (d: Uint8Array) => void>([
         [0x5f0, () => { samples.push(counters(guest)); }], [0x5f1, () => undefined],
@@ -80,8 +75,7 @@ export function vmfuncSuite(variant: ElisaVariant): void {
       let exits = 0n, irq = 0n, pf = 0n, io = 0n, hc = 0n, clean = 0;
       for (let i = 1; i < samples.length; i++) {
         const d = diffCounters(samples[i - 1]!, samples[i]!);
-        const dpf = samples[i]!.pfTaken - samples[i - 1]!.pfTaken;
-        exits += d.exits; irq += d.irqExits; pf += dpf; io += d.ioExits; hc += d.hypercalls;
+        exits += d.exits; irq += d.irqExits; pf += d.pfTaken; io += d.ioExits; hc += d.hypercalls;
         if (d.exits === 1n) clean++;
       }
       const trips = readGuestU64s(guest, 'bench_trip_cycles', BENCH_TRIPS).map(Number).sort((a, b) => a - b);

@@ -15,6 +15,8 @@ export interface ExitCounters {
   ioExits: bigint;
   /** Hypercalls handled. */
   hypercalls: bigint;
+  /** Guest-physical page faults KVM took (EPT violations: first touch of guest RAM). */
+  pfTaken: bigint;
 }
 
 /** The debugfs directory of `vm`, or undefined when debugfs is not mounted or has no entry. */
@@ -28,10 +30,11 @@ export function readExitCounters(vm: Vm): ExitCounters {
   const dir = vmStatsDir(vm);
   if (!dir) throw new Error(`no KVM statistics for VM fd ${vm.fd} in debugfs (mount -t debugfs debugfs /sys/kernel/debug)`);
   const read = (name: string): bigint => BigInt(readFileSync(`${dir}/${name}`, 'utf8').trim());
-  return { exits: read('exits'), irqExits: read('irq_exits'), ioExits: read('io_exits'), hypercalls: read('hypercalls') };
+  return { exits: read('exits'), irqExits: read('irq_exits'), ioExits: read('io_exits'), hypercalls: read('hypercalls'), pfTaken: read('pf_taken') };
 }
 
 /** b − a, field by field. */
 export function diffCounters(a: ExitCounters, b: ExitCounters): ExitCounters {
-  return { exits: b.exits - a.exits, irqExits: b.irqExits - a.irqExits, ioExits: b.ioExits - a.ioExits, hypercalls: b.hypercalls - a.hypercalls };
+  return { exits: b.exits - a.exits, irqExits: b.irqExits - a.irqExits, ioExits: b.ioExits - a.ioExits, hypercalls: b.hypercalls - a.hypercalls,
+    pfTaken: b.pfTaken - a.pfTaken };
 }

@@ -144,13 +144,20 @@ export class VmfuncBackend implements Backend {
     }
     // The compat patch's activation says nothing when the rendezvous did not match: slot 0
     // is the only witness that the host wrote the list.
-    const slot0 = contexts.eptpList.get(0);
-    if (slot0 === 0n) throw new VmfuncAttachError(`activation did not take: slot 0 of the EPTP list (HPA 0x${listHpa.toString(16)}) is still empty`);
-    try { decodeEptp(slot0); } catch (err) {
-      throw new VmfuncAttachError(`activation wrote an invalid EPTP into slot 0: ${(err as Error).message}`);
-    }
-    // compat pins the list forever and its VMCS keeps pointing there: never reuse the page.
+    // compat pins the list forever and its VMCS may point there now: never reuse the page.
     if (this.variant === 'compat') arena.quarantine(listHpa);
+    const slot0 = contexts.eptpList.get(0);
+    let bad: string | undefined;
+    if (slot0 === 0n) bad = `activation did not take: slot 0 of the EPTP list (HPA 0x${listHpa.toString(16)}) is still empty`;
+    else {
+      try { decodeEptp(slot0); } catch (err) { bad = `activation wrote an invalid EPTP into slot 0: ${(err as Error).message}`; }
+    }
+    if (bad !== undefined) {
+      // Undo what may have been switched on: no VMFUNC of this guest may reach these contexts.
+      if (this.variant === 'hardened') { try { mgr.call(ElisaCall.revoke(token!)); } catch { /* reported below */ } }
+      contexts.eptpList.page.bytes.fill(0);
+      throw new VmfuncAttachError(bad);
+    }
     return new VmfuncAttachment(this.variant, mgr, contexts, token!, slot0);
   }
 }
