@@ -2,8 +2,13 @@
 // of kernel-patch/{compat,hardened} (VMCALL: RAX = number, RBX = group, RCX = operation,
 // RDX, RSI = arguments; result in RAX), the KVM error values that come back, and the
 // hardened variant's capability for designating a manager VM. Mirrors
-// kernel-patch/*/6.1.patch (arch/x86/kvm/vmx/elisa.c); kernel-patch/README.md is the
-// authority once it exists.
+// kernel-patch/*/6.1.patch (arch/x86/kvm/vmx/elisa.c) through src/elisa/hypercall-abi.ts,
+// whose values a test reads back out of the patches.
+
+import {
+  ElisaHypercall, GuestOp, KVM_CAP_ELISA_MANAGER, KvmHcError, ManagerOp, NegotiationGroup, UtilAddrOp, UtilGroup, UtilVmcsOp, VMCS_GUEST_RFLAGS,
+  type ElisaVariant,
+} from '../../hypercall-abi';
 
 /** One hypercall: the registers the caller loads before VMCALL. */
 export interface Hypercall {
@@ -19,46 +24,40 @@ export interface Hypercall {
   a1?: bigint;
 }
 
-/** Hypercall numbers. */
-export const HC_UTIL = 1000n;
-export const HC_NEGOTIATION = 1001n;
+/** Hypercall numbers (src/elisa/hypercall-abi.ts is the one definition, checked against the patches). */
+export const HC_UTIL = BigInt(ElisaHypercall.UTIL);
+export const HC_NEGOTIATION = BigInt(ElisaHypercall.NEGOTIATION);
+
+const call = (nr: bigint, group: number, op: number, a0?: bigint, a1?: bigint): Hypercall => ({
+  nr, group: BigInt(group), op: BigInt(op), ...(a0 === undefined ? {} : { a0 }), ...(a1 === undefined ? {} : { a1 }),
+});
 
 /** The hypercalls the backend issues, by what they do. */
 export const ElisaCall = {
   /** 1000/2/1: read a VMCS field of the caller (compat: any field; hardened: RFLAGS only). */
-  vmcsRead: (field: bigint): Hypercall => ({ nr: HC_UTIL, group: 2n, op: 1n, a0: field }),
+  vmcsRead: (field: bigint): Hypercall => call(HC_UTIL, UtilGroup.VMCS, UtilVmcsOp.READ64, field),
   /** 1000/2/2: write a VMCS field of the caller (compat: guest-state only; hardened: RFLAGS.IF only). */
-  vmcsWrite: (field: bigint, value: bigint): Hypercall => ({ nr: HC_UTIL, group: 2n, op: 2n, a0: field, a1: value }),
+  vmcsWrite: (field: bigint, value: bigint): Hypercall => call(HC_UTIL, UtilGroup.VMCS, UtilVmcsOp.WRITE64, field, value),
   /** 1000/3/1: host-physical address of the caller's page at guest-physical `gpa` (pins it). */
-  gpaToHpa: (gpa: bigint): Hypercall => ({ nr: HC_UTIL, group: 3n, op: 1n, a0: gpa }),
+  gpaToHpa: (gpa: bigint): Hypercall => call(HC_UTIL, UtilGroup.ADDR, UtilAddrOp.GPA_TO_HPA, gpa),
   /** 1001/2/1: manager names the guest vCPU (its id/token) of the next rendezvous. */
-  setRendezvousVcpu: (id: bigint): Hypercall => ({ nr: HC_NEGOTIATION, group: 2n, op: 1n, a0: id }),
+  setRendezvousVcpu: (id: bigint): Hypercall => call(HC_NEGOTIATION, NegotiationGroup.MANAGER, ManagerOp.SET_VCPU, id),
   /** 1001/2/2: manager names the EPTP list (compat: its HPA; hardened: its GPA in the manager VM). */
-  setRendezvousList: (address: bigint): Hypercall => ({ nr: HC_NEGOTIATION, group: 2n, op: 2n, a0: address }),
+  setRendezvousList: (address: bigint): Hypercall => call(HC_NEGOTIATION, NegotiationGroup.MANAGER, ManagerOp.SET_LIST, address),
   /** 1001/2/3 (hardened only): manager revokes the offer/binding of a guest vCPU token. */
-  revoke: (token: bigint): Hypercall => ({ nr: HC_NEGOTIATION, group: 2n, op: 3n, a0: token }),
+  revoke: (token: bigint): Hypercall => call(HC_NEGOTIATION, NegotiationGroup.MANAGER, ManagerOp.REVOKE, token),
   /** 1001/3/1: the calling vCPU's identifier (compat: keyed hash; hardened: random token). */
-  vcpuId: (): Hypercall => ({ nr: HC_NEGOTIATION, group: 3n, op: 1n }),
+  vcpuId: (): Hypercall => call(HC_NEGOTIATION, NegotiationGroup.GUEST, GuestOp.VCPU_ID),
   /** 1001/3/2: activate EPTP switching on the calling vCPU with the list offered to it. */
-  activate: (): Hypercall => ({ nr: HC_NEGOTIATION, group: 3n, op: 2n }),
+  activate: (): Hypercall => call(HC_NEGOTIATION, NegotiationGroup.GUEST, GuestOp.ACTIVATE),
   /** 1001/3/3 (hardened only): switch EPTP switching off on the calling vCPU. */
-  deactivate: (): Hypercall => ({ nr: HC_NEGOTIATION, group: 3n, op: 3n }),
+  deactivate: (): Hypercall => call(HC_NEGOTIATION, NegotiationGroup.GUEST, GuestOp.DEACTIVATE),
 } as const;
 
-/** KVM's hypercall error numbers (include/uapi/linux/kvm_para.h), returned negated in RAX. */
-export const KvmHcError = { EPERM: 1, EFAULT: 14, EINVAL: 22, EOPNOTSUPP: 95, ENOSYS: 1000 } as const;
+export { KvmHcError, KVM_CAP_ELISA_MANAGER, type ElisaVariant };
 
 /** VMCS field encodings (SDM vol. 3, appendix B) the hostile-guest checks use. */
-export const VmcsField = { EPT_POINTER: 0x201an, GUEST_RFLAGS: 0x6820n, HOST_RIP: 0x6c16n } as const;
-
-/**
- * KVM_ENABLE_CAP capability of the hardened variant that makes a VM an ELISA manager
- * (args[0] = 1; needs CAP_SYS_RAWIO). "ELIS" in ASCII, far above upstream's numbers.
- */
-export const KVM_CAP_ELISA_MANAGER = 0x454c4953;
-
-/** Which ELISA patch a loaded kvm_intel carries. */
-export type ElisaVariant = 'compat' | 'hardened';
+export const VmcsField = { EPT_POINTER: 0x201an, GUEST_RFLAGS: BigInt(VMCS_GUEST_RFLAGS), HOST_RIP: 0x6c16n } as const;
 
 /**
  * The error a hypercall result encodes, or undefined for a plain value. Results in
