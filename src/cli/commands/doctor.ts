@@ -4,7 +4,8 @@
 // does not name its ELISA variant (a VMCALL hangs inside KVM_RUN on some hosts), and
 // bounds every guest run with a timeout.
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
-import { UsageError, type CliCommand } from '../command';
+import type { CliCommand } from '../command';
+import { integerOption, parseCommandLine } from '../args';
 import { Cap, ExitReason, GuestMemory, Kvm, SYNC_REGS_ALL } from '../../kvm/index';
 import { detectVmfunc } from '../../elisa/backends/vmfunc/availability';
 
@@ -251,15 +252,9 @@ export const doctor: CliCommand = {
     `  --iterations N  guest loop length (default ${LOOP_ITERATIONS})`,
   ].join('\n'),
   async run(argv, io) {
-    let json = false;
-    let iterations = LOOP_ITERATIONS;
-    for (let i = 0; i < argv.length; i++) {
-      if (argv[i] === '--json') json = true;
-      else if (argv[i] === '--iterations') {
-        iterations = Number(argv[++i]);
-        if (!Number.isInteger(iterations) || iterations < 2 || iterations > 0xffffffff) throw new UsageError('--iterations needs an integer >= 2');
-      } else throw new UsageError(`unknown option '${argv[i]}'`);
-    }
+    const { values } = parseCommandLine(argv, { json: { type: 'boolean' }, iterations: { type: 'string' } });
+    const json = values.json ?? false;
+    const iterations = integerOption('iterations', values.iterations, 2, 0xffffffff, LOOP_ITERATIONS);
     const report = collectDoctorReport({ iterations });
     io.out(json ? JSON.stringify(report, null, 2) : formatDoctorReport(report));
     return 0;
