@@ -36,16 +36,7 @@ fi
 # Build tools the out-of-tree module build needs (the kernel's own kbuild
 # helpers come prebuilt in Debian's linux-kbuild package; pahole from dwarves
 # generates module BTF, which 6.12's headers ask for since they ship vmlinux).
-need=(make gcc-12 binutils patch xz-utils kmod dwarves apt dpkg)
-missing=()
-for p in "${need[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
-fi
+bash "$(dirname "$0")/install-deps.sh" make gcc-12 binutils patch xz-utils kmod dwarves apt dpkg
 
 rows=() failed=0
 for krel in "${kernels[@]}"; do

@@ -17,6 +17,7 @@ import { GUEST_RESERVED_END } from '../x86/layout';
 import { guestProgramPath } from '../x86/programs';
 import { hex } from './address';
 import { EmulatedBackend } from './backends/emulated';
+import { VmfuncBackend } from './backends/vmfunc';
 import {
   BackendUnavailableError, emulatedAvailability, vmfuncAvailability, vmfuncBackend,
   type AttachmentStats, type AttachOptions, type Availability, type Backend, type BackendAttachment, type BackendChoice,
@@ -62,6 +63,8 @@ export interface ManagerOptions {
   arenaPages?: number;
   /** The arena's physical base as EPT entries see it (default 32 GiB). */
   arenaBase?: bigint;
+  /** The backend the manager's attachments use (default: selectBackend('auto')); vmfunc prepares the memory its own way. */
+  backend?: Backend;
 }
 
 /** Pages of manager memory that can be mapped into several sub contexts. */
@@ -127,9 +130,10 @@ export function selectBackend(choice: BackendChoice = 'auto'): { backend: Backen
     throw new BackendUnavailableError(`unknown backend '${String(choice)}' (auto, emulated or vmfunc)`);
   }
   if (choice === 'vmfunc' || (choice === 'auto' && vmfunc.available)) {
-    const provider = vmfuncBackend();
-    if (!vmfunc.available || !provider) throw new BackendUnavailableError(`the vmfunc backend cannot run here: ${vmfunc.reason}`);
-    return { backend: provider.create(), why: choice === 'vmfunc' ? 'requested with --backend vmfunc' : `VMFUNC available: ${vmfunc.reason}`, availability };
+    if (!vmfunc.available) throw new BackendUnavailableError(`the vmfunc backend cannot run here: ${vmfunc.reason}`);
+    // A registered provider (tests, other hardware backends) takes precedence over the built-in one.
+    const backend = vmfuncBackend()?.create() ?? new VmfuncBackend();
+    return { backend, why: choice === 'vmfunc' ? 'requested with --backend vmfunc' : `VMFUNC available: ${vmfunc.reason}`, availability };
   }
   if (!emulated.available) throw new BackendUnavailableError(`the emulated backend cannot run here: ${emulated.reason}`);
   const why = choice === 'emulated' ? 'requested with --backend emulated' : `vmfunc unavailable: ${vmfunc.reason}`;
@@ -154,12 +158,15 @@ function loadProgram(program: string | Uint8Array): { file: Uint8Array; image: E
 export class ElisaManager implements Disposable, ManagerMemory {
   readonly memory: GuestMemory;
   readonly allocator: ArenaAllocator;
+  /** The backend this manager's memory was prepared for (attachments default to it). */
+  readonly backend: Backend;
   readonly #attachments = new Set<HostAttachment>();
   #disposed = false;
 
-  private constructor(memory: GuestMemory, allocator: ArenaAllocator) {
+  private constructor(memory: GuestMemory, allocator: ArenaAllocator, backend: Backend) {
     this.memory = memory;
     this.allocator = allocator;
+    this.backend = backend;
   }
 
   /** Creates the manager memory (a memfd, so KVM slots of many VMs can share its pages). */
@@ -170,9 +177,11 @@ export class ElisaManager implements Disposable, ManagerMemory {
     if (base + BigInt(pages) * PAGE_SIZE_N > 1n << BigInt(CONTEXT_MAXPHYADDR)) {
       throw new RangeError(`the arena [${hex(base)}, +${pages} pages) must end below 2^${CONTEXT_MAXPHYADDR} (the MAXPHYADDR of context vCPUs)`);
     }
+    const backend = options.backend ?? selectBackend('auto').backend;
     const memory = GuestMemory.memfd(pages * PAGE_SIZE, { name: 'elisa-manager' });
     try {
-      return new ElisaManager(memory, new ArenaAllocator(pages, base, memory.buffer));
+      const allocator = backend.createManagerAllocator?.(memory, pages, base) ?? new ArenaAllocator(pages, base, memory.buffer);
+      return new ElisaManager(memory, allocator, backend);
     } catch (err) {
       memory.dispose();
       throw err;
@@ -223,6 +232,9 @@ export class ElisaManager implements Disposable, ManagerMemory {
     if (this.#disposed) return;
     for (const a of [...this.#attachments]) a.dispose();
     this.#disposed = true;
+    // A backend-made allocator (vmfunc: the manager VM) goes before the memory it maps.
+    const own = this.allocator as Partial<Disposable>;
+    if (typeof own[Symbol.dispose] === 'function') own[Symbol.dispose]!();
     this.memory.dispose();
   }
 
@@ -329,18 +341,18 @@ class HostAttachment implements Attachment {
             pt: { writable: !s.readonly, noExecute: true }, ept: { read: true, write: !s.readonly, memoryType: 'WB' } });
         });
       }
+      const backend = request.backend ?? manager.backend;
       try {
         contexts = buildContexts({
           allocator, gva: region + PAGE_SIZE_N, entry: this.subEntry, vcpu: 0n, maps, ptLevels: 4, eptLevels: 4,
           maxPhysAddr: CONTEXT_MAXPHYADDR, baseGpa: CONTEXT_BASE_GPA, subStackSize: request.subStackSize ?? DEFAULT_SUB_STACK,
-          callerMode: 'supervisor', executeOnly: true,
+          callerMode: 'supervisor', executeOnly: true, ...backend.contextOptions,
         });
       } catch (err) {
         throw new AttachError(`cannot build the contexts for ${program.name}: ${err instanceof Error ? err.message : String(err)}`);
       }
       this.contexts = contexts;
       this.entryGva = contexts.gateEntryGva!;
-      const backend = request.backend ?? selectBackend('auto').backend;
       this.#backend = backend.attach(guest, contexts, manager, request);
     } catch (err) {
       contexts?.destroy();

@@ -1,7 +1,7 @@
 // `elisa bench`: ELISA round-trip latency against a plain PIO exit measured in the same run.
 import { writeFileSync } from 'node:fs';
-import { UsageError, type CliCommand } from '../command';
-import type { BackendChoice } from '../../elisa/backends/backend';
+import type { CliCommand } from '../command';
+import { backendOption, integerOption, parseCommandLine } from '../args';
 import { BENCH_MAX_ITERATIONS, formatBench, histogramSvg, measureRoundTrips } from '../../elisa/host/bench';
 
 const USAGE = `usage: elisa bench [--iterations N] [--backend auto|emulated|vmfunc] [--move-fpu] [--host-timing] [--json] [--svg FILE]
@@ -22,32 +22,16 @@ export const bench: CliCommand = {
   summary: 'measure ELISA round trips against a PIO-exit baseline (min/median/p99, ratio)',
   usage: USAGE,
   async run(argv, io) {
-    let iterations = 1000;
-    let backend: BackendChoice = 'auto';
-    let json = false;
-    let svg: string | undefined;
-    let moveFpu = false;
-    let hostTiming = false;
-    for (let i = 0; i < argv.length; i++) {
-      const arg = argv[i]!;
-      const value = (): string => {
-        const v = argv[++i];
-        if (v === undefined) throw new UsageError(`${arg} needs a value`);
-        return v;
-      };
-      if (arg === '--iterations') {
-        iterations = Number(value());
-        if (!Number.isInteger(iterations) || iterations < 1 || iterations > BENCH_MAX_ITERATIONS) throw new UsageError(`--iterations must be an integer in 1..${BENCH_MAX_ITERATIONS}`);
-      } else if (arg === '--backend') {
-        const b = value();
-        if (b !== 'auto' && b !== 'emulated' && b !== 'vmfunc') throw new UsageError(`--backend: '${b}' is not auto, emulated or vmfunc`);
-        backend = b;
-      } else if (arg === '--json') json = true;
-      else if (arg === '--svg') svg = value();
-      else if (arg === '--move-fpu') moveFpu = true;
-      else if (arg === '--host-timing') hostTiming = true;
-      else throw new UsageError(`unknown option ${arg}`);
-    }
+    const { values } = parseCommandLine(argv, {
+      iterations: { type: 'string' }, backend: { type: 'string' }, json: { type: 'boolean' }, svg: { type: 'string' },
+      'move-fpu': { type: 'boolean' }, 'host-timing': { type: 'boolean' },
+    });
+    const iterations = integerOption('iterations', values.iterations, 1, BENCH_MAX_ITERATIONS, 1000);
+    const backend = backendOption(values.backend);
+    const json = values.json ?? false;
+    const svg = values.svg;
+    const moveFpu = values['move-fpu'] ?? false;
+    const hostTiming = values['host-timing'] ?? false;
     const tty = process.stderr.isTTY && !json;
     const result = measureRoundTrips({
       iterations, backend, moveFpu, hostTiming,

@@ -1,10 +1,13 @@
 // `elisa doctor`: what this host offers for ELISA, and why. Reads /proc and
 // /sys, opens /dev/kvm, times a short guest loop, and derives which backends
-// can work. Never issues a hypercall (VMCALL hangs inside KVM_RUN on hosts
-// without the ELISA patch) and bounds every guest run with a timeout.
+// can work. Issues a hypercall only on Intel VMX hosts with VMFUNC whose kvm_intel
+// does not name its ELISA variant (a VMCALL hangs inside KVM_RUN on some hosts), and
+// bounds every guest run with a timeout.
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
-import { UsageError, type CliCommand } from '../command';
+import type { CliCommand } from '../command';
+import { integerOption, parseCommandLine } from '../args';
 import { Cap, ExitReason, GuestMemory, Kvm, SYNC_REGS_ALL } from '../../kvm/index';
+import { detectVmfunc } from '../../elisa/backends/vmfunc/availability';
 
 /** Everything doctor found out; printed as text or, with --json, as is. */
 export interface DoctorReport {
@@ -201,7 +204,10 @@ function vmfuncBackend(r: DoctorReport): { available: boolean; reason: string } 
   if (!c.ept) return { available: false, reason: 'needs EPT, which this VMX CPU does not offer' };
   if (c.vmfuncEptpSwitching === false) return { available: false, reason: `the CPU does not offer VMFUNC EPTP switching (${c.vmfuncSource})` };
   if (c.vmfuncEptpSwitching === null) return { available: false, reason: `VMFUNC EPTP switching could not be checked: ${c.vmfuncSource}` };
-  return { available: false, reason: 'CPU support present; the ELISA KVM patch must also be loaded — doctor does not probe it, because a hypercall hangs KVM_RUN on unpatched hosts (see kernel-patch/)' };
+  // The ELISA variant of kvm_intel: its elisa_variant parameter, else a probe hypercall
+  // in a throw-away VM with a run timeout (only reached on Intel VMX hosts with VMFUNC).
+  const d = detectVmfunc();
+  return { available: d.available, reason: d.reason };
 }
 
 function yesNo(b: boolean | null): string { return b === null ? 'unknown' : b ? 'yes' : 'no'; }
@@ -246,15 +252,9 @@ export const doctor: CliCommand = {
     `  --iterations N  guest loop length (default ${LOOP_ITERATIONS})`,
   ].join('\n'),
   async run(argv, io) {
-    let json = false;
-    let iterations = LOOP_ITERATIONS;
-    for (let i = 0; i < argv.length; i++) {
-      if (argv[i] === '--json') json = true;
-      else if (argv[i] === '--iterations') {
-        iterations = Number(argv[++i]);
-        if (!Number.isInteger(iterations) || iterations < 2 || iterations > 0xffffffff) throw new UsageError('--iterations needs an integer >= 2');
-      } else throw new UsageError(`unknown option '${argv[i]}'`);
-    }
+    const { values } = parseCommandLine(argv, { json: { type: 'boolean' }, iterations: { type: 'string' } });
+    const json = values.json ?? false;
+    const iterations = integerOption('iterations', values.iterations, 2, 0xffffffff, LOOP_ITERATIONS);
     const report = collectDoctorReport({ iterations });
     io.out(json ? JSON.stringify(report, null, 2) : formatDoctorReport(report));
     return 0;

@@ -1,6 +1,7 @@
 // `elisa exec`: runs one freestanding guest program in a fresh KVM VM and prints its console.
 import { existsSync } from 'node:fs';
 import { UsageError, type CliCommand, type CliIo } from '../command';
+import { integerOption, parseCommandLine } from '../args';
 import { GuestError, GuestTimeout } from '../../x86/errors';
 import { GuestMachine } from '../../x86/machine';
 import { guestProgramPath } from '../../x86/programs';
@@ -33,33 +34,17 @@ interface ExecArgs {
 }
 
 function parse(argv: string[]): ExecArgs {
-  const args: Partial<ExecArgs> = { timeoutMs: 10000, memory: '64M', verbose: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const value = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new UsageError(`${a} needs a value`);
-      return v;
-    };
-    if (a === '--timeout-ms') {
-      const v = value();
-      const n = Number(v);
-      if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--timeout-ms must be a positive integer, got '${v}'`);
-      args.timeoutMs = n;
-    } else if (a === '--memory') {
-      args.memory = value();
-    } else if (a === '--verbose') {
-      args.verbose = true;
-    } else if (a.startsWith('-')) {
-      throw new UsageError(`unknown option '${a}'`);
-    } else if (args.program === undefined) {
-      args.program = a;
-    } else {
-      throw new UsageError(`only one guest program may be given (got '${args.program}' and '${a}')`);
-    }
-  }
-  if (args.program === undefined) throw new UsageError('no guest program given');
-  return args as ExecArgs;
+  const { values, positionals } = parseCommandLine(argv, {
+    'timeout-ms': { type: 'string' }, memory: { type: 'string' }, verbose: { type: 'boolean' },
+  }, Infinity);
+  if (positionals.length === 0) throw new UsageError('no guest program given');
+  if (positionals.length > 1) throw new UsageError(`only one guest program may be given (got ${positionals.map((p) => `'${p}'`).join(' and ')})`);
+  return {
+    program: positionals[0]!,
+    timeoutMs: integerOption('timeout-ms', values['timeout-ms'], 1, 2 ** 31 - 1, 10000),
+    memory: values.memory ?? '64M',
+    verbose: values.verbose ?? false,
+  };
 }
 
 /** Prints console text line by line through io.out (which appends the newline itself). */

@@ -1,8 +1,8 @@
 // `elisa run [app]`: runs an ELISA app end to end (guest VM, sub context, round trips)
 // on the best available backend and says what ran where and what came back.
 import { UsageError, type CliCommand } from '../command';
+import { backendOption, integerOption, parseCommandLine } from '../args';
 import { APP_NAMES, runApp, type AppName } from '../../elisa/host/apps';
-import type { BackendChoice } from '../../elisa/backends/backend';
 
 const USAGE = `usage: elisa run [APP] [--backend auto|emulated|vmfunc] [--iterations N] [--timeout MS] [--json]
 
@@ -19,37 +19,15 @@ export const run: CliCommand = {
   summary: 'run an ELISA app (nop, args, shm, bench) end to end on real KVM',
   usage: USAGE,
   async run(argv, io) {
-    let app: AppName = 'nop';
-    let backend: BackendChoice = 'auto';
-    let iterations: number | undefined;
-    let timeoutMs: number | undefined;
-    let json = false;
-    let positional = 0;
-    for (let i = 0; i < argv.length; i++) {
-      const arg = argv[i]!;
-      const value = (): string => {
-        const v = argv[++i];
-        if (v === undefined) throw new UsageError(`${arg} needs a value`);
-        return v;
-      };
-      if (arg === '--backend') {
-        const b = value();
-        if (b !== 'auto' && b !== 'emulated' && b !== 'vmfunc') throw new UsageError(`--backend: '${b}' is not auto, emulated or vmfunc`);
-        backend = b;
-      } else if (arg === '--iterations') {
-        iterations = Number(value());
-        if (!Number.isInteger(iterations) || iterations < 1 || iterations > 4096) throw new UsageError('--iterations must be an integer in 1..4096');
-      } else if (arg === '--timeout') {
-        timeoutMs = Number(value());
-        if (!(timeoutMs > 0)) throw new UsageError('--timeout must be a positive number of milliseconds');
-      } else if (arg === '--json') json = true;
-      else if (arg.startsWith('-')) throw new UsageError(`unknown option ${arg}`);
-      else {
-        if (positional++ > 0) throw new UsageError(`one app at a time (got '${app}' and '${arg}')`);
-        if (!(APP_NAMES as readonly string[]).includes(arg)) throw new UsageError(`unknown app '${arg}' (${APP_NAMES.join(', ')})`);
-        app = arg as AppName;
-      }
-    }
+    const { values, positionals } = parseCommandLine(argv, {
+      backend: { type: 'string' }, iterations: { type: 'string' }, timeout: { type: 'string' }, json: { type: 'boolean' },
+    }, 1);
+    const backend = backendOption(values.backend);
+    const iterations = integerOption('iterations', values.iterations, 1, 4096);
+    const timeoutMs = integerOption('timeout', values.timeout, 1, 2 ** 31 - 1);
+    const json = values.json ?? false;
+    const app = (positionals[0] ?? 'nop') as AppName;
+    if (!(APP_NAMES as readonly string[]).includes(app)) throw new UsageError(`unknown app '${app}' (${APP_NAMES.join(', ')})`);
     const report = runApp(app, { backend, ...(iterations !== undefined ? { iterations } : {}), ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
     if (json) {
       io.out(JSON.stringify(report, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2));

@@ -2,11 +2,12 @@
 // built contexts (src/elisa/context.ts) and a guest vCPU and makes VMFUNC EPTP switching
 // between the guest's own (default) context, the gate context and the sub context
 // happen: in hardware (vmfunc) or by moving the vCPU between KVM VMs (emulated).
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import type { ElisaContexts } from '../context';
 import type { ArenaAllocator } from '../memory';
 import type { GuestMemory } from '../../kvm';
 import type { ElisaGuest } from '../host/machine';
+import { detectVmfunc } from './vmfunc/availability';
 
 /** Backend names, as `--backend` spells them. */
 export type BackendName = 'emulated' | 'vmfunc';
@@ -96,6 +97,13 @@ export interface Backend {
   readonly name: BackendName;
   /** Attaches `contexts` to the guest's vCPU 0: from now on its VMFUNCs switch contexts. */
   attach(machine: ElisaGuest, contexts: ElisaContexts, manager: ManagerMemory, options?: AttachOptions): BackendAttachment;
+  /**
+   * Backends whose contexts need manager memory of their own kind (vmfunc: pages that
+   * carry host-physical addresses) create its allocator; the manager disposes it.
+   */
+  createManagerAllocator?(memory: GuestMemory, pages: number, base: bigint): ArenaAllocator & Disposable;
+  /** Context-builder options the backend requires (e.g. what the CPU's EPT supports). */
+  readonly contextOptions?: { executeOnly?: boolean; accessDirty?: boolean };
 }
 
 /** Whether a backend can run on this host, and why (not). */
@@ -128,30 +136,15 @@ export function vmfuncBackend(): VmfuncProvider | undefined { return vmfuncProvi
  */
 export function vmfuncAvailability(cpuinfo?: string): Availability {
   if (vmfuncProvider && cpuinfo === undefined) return vmfuncProvider.availability();
-  cpuinfo ??= safeRead('/proc/cpuinfo');
-  const flags = /^flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.trim().split(/\s+/) ?? [];
-  const vmxFlags = /^vmx flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.trim().split(/\s+/) ?? [];
-  const vendor = /^vendor_id\s*:\s*(\S+)/m.exec(cpuinfo)?.[1] ?? 'unknown';
-  if (!flags.includes('vmx')) {
-    return { name: 'vmfunc', available: false,
-      reason: `the CPU (${vendor}) exposes no VMX to this kernel, so VMFUNC EPTP switching does not exist here` +
-        (flags.includes('svm') ? ' (AMD SVM has no VMFUNC)' : '') };
-  }
-  if (vmxFlags.length > 0 && !vmxFlags.includes('vmfunc') && !vmxFlags.includes('ept_vmfunc')) {
-    return { name: 'vmfunc', available: false, reason: 'the CPU has VMX but its "vmx flags" list no VM functions (vmfunc)' };
-  }
-  return { name: 'vmfunc', available: false,
-    reason: 'the CPU has VMX, but this build has no vmfunc backend wired in (it needs the ELISA hypercalls of kernel-patch/)' };
+  // src/elisa/backends/vmfunc/availability.ts: CPU, VMFUNC MSRs, ELISA variant of kvm_intel.
+  const d = detectVmfunc(cpuinfo === undefined ? {} : { cpuinfo });
+  return { name: 'vmfunc', available: d.available, reason: d.reason };
 }
 
 /** The emulated backend runs wherever /dev/kvm does. */
 export function emulatedAvailability(): Availability {
   const ok = existsSync('/dev/kvm');
   return { name: 'emulated', available: ok, reason: ok ? 'every KVM host can run it' : '/dev/kvm does not exist' };
-}
-
-function safeRead(path: string): string {
-  try { return readFileSync(path, 'utf8'); } catch { return ''; }
 }
 
 /** Thrown when the requested backend cannot run here. */

@@ -71,7 +71,7 @@ export function readGuestU64s(guest: ElisaGuest, symbol: string, count: number):
 export function runApp(app: AppName, options: AppOptions = {}): AppReport {
   const { backend, why } = selectBackend(options.backend ?? 'auto');
   const timeoutMs = options.timeoutMs ?? 30_000;
-  using manager = ElisaManager.create({ arenaPages: 1024 });
+  using manager = ElisaManager.create({ arenaPages: 1024, backend });
   const base = { app, backend: backend.name, backendWhy: why, programs: { guest: `${app}.elf`, sub: `sub/${app}.elf (entry elisa_sub_entry)` } };
   switch (app) {
     case 'nop': {

@@ -107,7 +107,7 @@ export function measureRoundTrips(options: BenchOptions = {}): BenchResult {
   const k = options.iterations ?? 1000;
   if (!Number.isInteger(k) || k < 1 || k > BENCH_MAX_ITERATIONS) throw new RangeError(`iterations must be an integer in 1..${BENCH_MAX_ITERATIONS}, got ${k}`);
   const { backend, why } = selectBackend(options.backend ?? 'auto');
-  using manager = ElisaManager.create({ arenaPages: 512 });
+  using manager = ElisaManager.create({ arenaPages: 512, backend });
   using guest = ElisaGuest.create('bench');
   setGuestU64(guest, 'bench_iterations', BigInt(k));
   const timing: SwitchTiming = { trips: [], handling: [] };
