@@ -1,5 +1,6 @@
-// Runs last: whatever the suite did to KVM (guests, module swaps), the emulated host's
-// kernel must not have logged a warning, BUG or oops.
+// Runs last (files run in name order; "zz" sorts after every other file, the vmfunc
+// backend suites included): whatever the suite did to KVM (guests, module swaps), the
+// emulated host's kernel must not have logged a warning, BUG or oops.
 import { expect } from 'chai';
 import { kernelProblems } from './inhost';
 
