@@ -55,16 +55,7 @@ hash_files() { sha256sum "$@" | sha256sum | cut -c1-16; }
 phase deps
 PKGS=(bochs bochsbios vgabios seabios grub-pc-bin grub-common xorriso mtools busybox-static
       e2fsprogs cpio kmod binutils gcc make patch xz-utils)
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash "$ROOT/scripts/install-deps.sh" "${PKGS[@]}"
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get, and the ext2 image keeps root ownership)"
 
 # --- kernel: Debian's image package, extracted and depmod'ed --------------------------
