@@ -1,4 +1,5 @@
-// The vmfunc backend on the compat ELISA modules (swapped in by the suite).
+// The vmfunc backend on the compat ELISA modules (swapped in by the suite): the shared
+// behaviour suite (test/shared/elisa-behaviour.ts), then the vmfunc-only checks.
 import { vmfuncSuite } from './vmfunc-suite';
 
 vmfuncSuite('compat');
