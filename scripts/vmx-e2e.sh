@@ -49,7 +49,8 @@ phase_end() {
 phase() { phase_end; PHASE_NAME=$1; PHASE_T0=$(now); log "phase $1 ..."; }
 T_START=$(now)
 
-hash_files() { sha256sum "$@" | sha256sum | cut -c1-16; }
+# Content only: the same files at another path (a fresh clone) give the same key.
+hash_files() { sha256sum "$@" | cut -d' ' -f1 | sha256sum | cut -c1-16; }
 
 # --- deps: Debian packages (only what is missing) ----------------------------------
 phase deps
