@@ -2,3 +2,4 @@
 export * from './kvm/index';
 export * from './x86/index';
 export * from './elisa/hostmode';
+export * from './elisa/invm/index';
